@@ -1,0 +1,3 @@
+from seqbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""Config schemas, their registration with Hydra, and validation.
+
+Types and unknown keys are caught by Hydra/OmegaConf, because every group option
+extends a dataclass schema stored here (`/schema/<group>/<name>` in the ConfigStore).
+Value ranges are declared on the schema fields (`seqbench.checks`) and enforced by
+`validate`, which reports every bad value, not only the first. Data-dependent limits
+(a `seq_len` longer than a split allows, a missing file) are checked by building the
+task, so nothing is launched with a config that would fail a minute later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from seqbench.checks import at_least, one_of, optional_above
+from seqbench.clipping import CLIP
+from seqbench.data.tasks import TASKS
+from seqbench.errors import ConfigError, ConfigErrors
+from seqbench.models import CharRNNConfig
+from seqbench.optim import OPTIM
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = at_least(600, 1)
+    # micro-batches per optimizer step: task.batch_size streams are split into this many
+    accum_steps: int = at_least(1, 1)
+    # per-step numbers stay on the device and are read once every log_every steps
+    log_every: int = at_least(25, 1)
+    eval_every: int = at_least(200, 0)  # 0: evaluate only at the end
+    eval_batches: int = at_least(0, 0)  # validation windows per evaluation; 0: whole split
+    device: str = one_of("auto", ("auto", "cpu", "cuda"))
+    amp: str = one_of("off", ("off", "bf16", "fp16"))
+    on_nonfinite: str = one_of("stop", ("stop", "skip", "raise"))
+    # a finite loss above explode_factor x the first step's loss ends the run; null: never
+    explode_factor: float | None = optional_above(10.0, 1.0)
+    deterministic: bool = False
+    threads: int = at_least(0, 0)  # torch intra-op threads; 0: torch's default
+    progress: str = one_of("auto", ("auto", "bar", "log", "off"))
+
+
+@dataclass
+class TrainConfig:
+    task: Any = MISSING
+    model: Any = MISSING
+    optim: Any = MISSING
+    clip: Any = MISSING
+    trainer: Any = MISSING
+    seed: int = at_least(0, 0)
+
+
+GROUPS = ("task", "model", "optim", "clip", "trainer")
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="seqbench_train", node=TrainConfig)
+    cs.store(group="schema/trainer", name="default", node=TrainerConfig)
+    cs.store(group="schema/model", name="char_rnn", node=CharRNNConfig)
+    for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP)):
+        for entry in registry.entries():
+            cs.store(group=f"schema/{group}", name=entry.name, node=entry.schema)
+
+
+register_schemas()
+
+
+def conf_dir() -> Path:
+    """conf/ inside an installed wheel, else the repository's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError("seqbench's conf/ directory is missing from this installation")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
+    """The job config exactly as `python -m seqbench train OVERRIDES` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
+    """Raise ConfigErrors listing every invalid value of a composed config."""
+    errors = list(_field_errors(cfg, ""))
+    for group in GROUPS:
+        errors += _field_errors(cfg[group], group + ".")
+    errors += _cross_errors(cfg)
+    if errors:
+        raise ConfigErrors(errors)
+    if check_data:
+        from seqbench.data.tasks import build_task
+
+        try:
+            build_task(cfg.task)
+        except ConfigError as e:
+            raise ConfigErrors([e]) from None
+
+
+def _field_errors(node: DictConfig, prefix: str) -> list[ConfigError]:
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []
+    out = []
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node:  # `+group.key=value` can add a key that the schema does not have
+        if key not in known:
+            out.append(ConfigError(prefix + str(key), node[key],
+                                   "unknown key; known keys here: " + ", ".join(known)))
+    for f in dataclasses.fields(schema):
+        rule = f.metadata.get("check")
+        if rule is None:
+            continue
+        text, ok = rule
+        value = node[f.name]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            out.append(ConfigError(prefix + f.name, value, text))
+    return out
+
+
+def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
+    out = []
+    t, task = cfg.trainer, cfg.task
+    if t.accum_steps >= 1 and task.batch_size % t.accum_steps:
+        out.append(ConfigError(
+            "trainer.accum_steps", t.accum_steps,
+            f"must divide task.batch_size={task.batch_size} (the streams are split into "
+            "micro-batches)",
+        ))
+    on_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    if t.amp == "fp16" and on_cpu and cfg.model.get("cell") == "lstm":
+        out.append(ConfigError(
+            "trainer.amp", "fp16",
+            "fp16 autocast of nn.LSTM is not supported on CPU; use bf16 or off here, or CUDA",
+        ))
+    if t.device == "cuda" and not torch.cuda.is_available():
+        out.append(ConfigError("trainer.device", "cuda",
+                               "CUDA is not available here; use auto or cpu"))
+    return out
+
+
+def flat(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as one flat dict with dotted keys (`clip.max_norm`, `seed`)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def explain_hydra_error(exc: BaseException, overrides: list[str]) -> str | None:
+    """One line for a Hydra/OmegaConf composition error, naming key, value and rule."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    given = {o.lstrip("+~").split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    if isinstance(exc, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^']+)'", str(exc))
+        if m:
+            group, name = m.groups()
+            opts = re.findall(r"^\t(\S+)$", str(exc).split("Config search path")[0], re.M)
+            allowed = "one of " + ", ".join(opts) if opts else "an existing option"
+            return str(ConfigError(group, name, allowed))
+        return str(exc).splitlines()[0]
+    if isinstance(exc, OverrideParseException):
+        bad = next((o for o in overrides if o in str(exc)), None) or _unparsable(overrides)
+        return f"override={bad}: cannot parse ({str(exc).splitlines()[0]})"
+    if isinstance(exc, ConfigCompositionException):
+        cause = exc.__cause__
+        key = getattr(cause, "full_key", None)
+        if isinstance(cause, (ConfigKeyError, AttributeError)) or "Could not override" in str(exc):
+            key = key or _key_from(str(exc))
+            return str(ConfigError(key, given.get(key, "?"), "unknown key" + _known_keys(cause)))
+        if isinstance(cause, ValidationError) and key:
+            return str(ConfigError(key, given.get(key, "?"), _type_rule(cause)))
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _unparsable(overrides: list[str]) -> str:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except Exception:
+            return o
+    return " ".join(overrides)
+
+
+def _key_from(msg: str) -> str:
+    m = re.search(r"override '([^']+)'", msg)
+    return m.group(1) if m else "?"
+
+
+def _known_keys(cause: BaseException | None) -> str:
+    obj = getattr(cause, "object_type", None)
+    if obj is not None and dataclasses.is_dataclass(obj):
+        names = [f.name for f in dataclasses.fields(obj)]
+        return f"; known keys here: {', '.join(names)}"
+    return ""
+
+
+def _type_rule(cause: BaseException) -> str:
+    msg = str(cause).splitlines()[0]
+    m = re.search(r"could not be converted to (\w+)", msg)
+    if m:
+        kind = m.group(1).lower()
+        return "must be " + {"float": "a number", "integer": "an integer",
+                             "boolean": "true or false"}.get(kind, kind)
+    if "not Optional" in msg or "Non optional" in msg:
+        return "must not be null"
+    return msg

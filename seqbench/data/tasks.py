@@ -1,0 +1,157 @@
+"""Tasks: what is learned (data stream + model + loss), one registry entry per task.
+
+A task owns its data and its recurrent state, so the trainer stays one loop for every
+task: it asks for the loss of micro-batch j, steps, and tells the task to advance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqbench.checks import at_least, one_of
+from seqbench.data.batching import StreamBatches, max_seq_len, to_device
+from seqbench.data.corpus import read_text_file, tinyshakespeare
+from seqbench.data.vocab import CharVocab
+from seqbench.errors import ConfigError
+from seqbench.models import CharRNN, detach
+from seqbench.registry import Registry
+
+TASKS: Registry = Registry("task", "task.name")
+
+SPLIT = (0.90, 0.05, 0.05)  # contiguous train / validation / test, in that order
+
+
+@dataclass
+class CorpusTaskConfig:
+    name: str = "tinyshakespeare"
+    seq_len: int = at_least(128, 1)
+    batch_size: int = at_least(32, 1)
+
+
+@dataclass
+class TextFileTaskConfig(CorpusTaskConfig):
+    name: str = "text_file"
+    path: str | None = None
+    newline: str = one_of("lf", ("lf", "keep"))
+
+
+def split_text(text: str) -> tuple[str, str, str]:
+    n = len(text)
+    a = int(n * SPLIT[0])
+    b = a + int(n * SPLIT[1])
+    return text[:a], text[a:b], text[b:]
+
+
+class CharLMTask:
+    """Next-character prediction with truncated BPTT over parallel streams."""
+
+    metric = "bpc"
+
+    def __init__(self, name: str, text: str, cfg: CorpusTaskConfig):
+        self.name, self.cfg = name, cfg
+        train, val, test = split_text(text)
+        self.vocab = CharVocab.from_text(train, (val, test))
+        self.ids, self.unknown = {}, {}
+        for split, part in (("train", train), ("val", val), ("test", test)):
+            self.ids[split], self.unknown[split] = self.vocab.encode(part)
+        self._check_lengths()
+        self.train_stream: StreamBatches | None = None
+        self.val_stream: StreamBatches | None = None
+        self.hidden: list = []
+
+    def _check_lengths(self) -> None:
+        b, t = self.cfg.batch_size, self.cfg.seq_len
+        sizes = {split: len(self.ids[split]) for split in ("train", "val")}
+        split = min(sizes, key=lambda k: max_seq_len(sizes[k], b))  # the binding split
+        n, limit = sizes[split], max_seq_len(sizes[split], b)
+        if t <= limit:
+            return
+        if max_seq_len(n, 1) < 1:
+            key, value = ("task.path", self.cfg.path) if self.name == "text_file" else \
+                ("task.name", self.name)
+            raise ConfigError(key, value, f"the {split} split has only {n} characters")
+        if limit < 1:
+            raise ConfigError(
+                "task.batch_size", b,
+                f"at most {n // 2} for the {split} split of {self.name} ({n} characters)",
+            )
+        raise ConfigError(
+            "task.seq_len", t,
+            f"at most {limit} with task.batch_size={b}: the {split} split of {self.name} "
+            f"has {n} characters, cut into {b} streams",
+        )
+
+    # ---- set-up ---------------------------------------------------------------------
+    def setup(self, device: torch.device, accum_steps: int) -> None:
+        b, t = self.cfg.batch_size, self.cfg.seq_len
+        self.train_stream = StreamBatches(to_device(self.ids["train"], device), b, t)
+        self.val_stream = StreamBatches(to_device(self.ids["val"], device), b, t)
+        self.micro = b // accum_steps
+        self.hidden = [None] * accum_steps
+
+    def build_model(self, model_cfg) -> nn.Module:
+        return CharRNN(self.vocab.size, model_cfg)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.seq_len
+
+    def describe(self) -> dict:
+        return {
+            "vocab_size": self.vocab.size,
+            "chars": {k: len(v) for k, v in self.ids.items()},
+            "unknown_chars": dict(self.unknown),
+        }
+
+    # ---- training -------------------------------------------------------------------
+    def train_loss(self, model: nn.Module, j: int) -> Tensor:
+        rows = slice(j * self.micro, (j + 1) * self.micro)
+        x, y = self.train_stream.current(rows)
+        logits, hidden = model(x, self.hidden[j])
+        self.hidden[j] = detach(hidden)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def advance(self) -> None:
+        if self.train_stream.advance():
+            self.reset_state()
+
+    def reset_state(self) -> None:
+        self.hidden = [None] * len(self.hidden)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, max_batches: int = 0) -> dict[str, float]:
+        """Mean validation loss (nats/char) and bits per character over the split."""
+        was_training = model.training
+        model.eval()
+        stream = self.val_stream
+        n = stream.windows if max_batches <= 0 else min(max_batches, stream.windows)
+        total = torch.zeros((), dtype=torch.float64, device=stream.data.device)
+        hidden = None
+        for i in range(n):
+            x, y = stream.window(i)
+            logits, hidden = model(x, hidden)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"
+            )
+        model.train(was_training)
+        loss = total.item() / (n * stream.tokens_per_window)
+        return {"val_loss": loss, "val_bpc": loss / math.log(2)}
+
+
+@TASKS.register("tinyshakespeare", CorpusTaskConfig)
+def tinyshakespeare_task(cfg: CorpusTaskConfig) -> CharLMTask:
+    return CharLMTask("tinyshakespeare", tinyshakespeare(), cfg)
+
+
+@TASKS.register("text_file", TextFileTaskConfig)
+def text_file_task(cfg: TextFileTaskConfig) -> CharLMTask:
+    return CharLMTask("text_file", read_text_file(cfg.path, newline=cfg.newline), cfg)
+
+
+def build_task(cfg):
+    return TASKS.get(cfg.name).build(cfg)

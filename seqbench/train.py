@@ -1,0 +1,411 @@
+"""The training loop: one run, from a validated config to summary.json.
+
+Per optimizer step: forward/backward over `accum_steps` micro-batches -> [fp16: unscale]
+-> pre-clip global L2 norm -> clip -> optimizer step. Per-step numbers stay on the
+device; every `log_every` steps one host read flushes them to metrics.parquet and checks
+the non-finite and explosion flags, so a divergence is found at its exact step without
+a host sync per step. Divergence is a result: the run ends `diverged` and returns
+normally. Only an unexpected error is an error, and it is written to summary.json
+before it propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from seqbench.clipping import build_clipper, global_norm
+from seqbench.config import flat
+from seqbench.data.tasks import build_task
+from seqbench.metrics import (
+    SCHEMA_VERSION,
+    MetricsFile,
+    StepBuffer,
+    env_info,
+    grad_norm_stats,
+    write_json,
+)
+from seqbench.models import count_parameters
+from seqbench.optim import build_optimizer, build_schedule
+
+log = logging.getLogger("seqbench.train")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised under on_nonfinite=raise: the run is recorded as an error."""
+
+
+class Interrupted(Exception):
+    """SIGTERM (cluster pre-emption or timeout) or Ctrl-C."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class RunState:
+    """What the loop knows on the host; becomes summary.json."""
+
+    status: str = "running"
+    divergence: str | None = None
+    first_nonfinite_step: int | None = None
+    divergence_step: int | None = None
+    steps_completed: int = 0
+    tokens_seen: int = 0
+    skipped_steps: int = 0
+    evals: dict[int, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path, task=None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        t = cfg.trainer
+        if t.threads:
+            torch.set_num_threads(int(t.threads))
+        seed_everything(int(cfg.seed), bool(t.deterministic))
+        self.device = resolve_device(t.device)
+        self.task = task if task is not None else build_task(cfg.task)
+        self.accum = int(t.accum_steps)
+        self.task.setup(self.device, self.accum)
+        self.model = self.task.build_model(cfg.model).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg.optim)
+        self.schedule = build_schedule(self.optimizer, cfg.optim, int(t.max_steps))
+        self.clip = build_clipper(cfg.clip)
+        amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=amp_dtype))
+            if amp_dtype is not None else contextlib.nullcontext
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
+        self.buffer = StepBuffer(int(t.log_every), self.device)
+        self.metrics = MetricsFile(self.run_dir / "metrics.parquet")
+        self.state = RunState()
+        self.host_lr: list[float] = []
+        self.host_wall: list[float] = []
+        self.initial_loss: torch.Tensor | None = None
+        self.t_start = time.perf_counter()
+        self.eval_seconds = 0.0
+        self.env = env_info(self.device)
+
+    # ---- the step -------------------------------------------------------------------
+    def step(self) -> None:
+        """One optimizer step; records its numbers into the device buffer, no host read."""
+        loss_sum = torch.zeros((), device=self.device)
+        for j in range(self.accum):
+            with self.autocast():
+                loss = self.task.train_loss(self.model, j)
+            scaled = loss / self.accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach().float()
+        self.task.advance()
+        loss = loss_sum / self.accum
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        pre = global_norm(grads, 2.0)
+        post, clipped = self.clip(grads, pre)
+        loss_finite = torch.isfinite(loss)
+        grad_finite = torch.isfinite(pre)
+        nonfinite = ~(loss_finite & grad_finite)
+        policy = self.cfg.trainer.on_nonfinite
+        if self.scaler is not None:
+            # GradScaler skips steps whose unscaled gradients hold inf/NaN (it reads that
+            # flag on the host itself); those are AMP's normal operation, not divergence.
+            skipped = loss_finite & ~grad_finite
+            diverging = ~loss_finite
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif policy == "skip":
+            # Skipping needs the decision on the host: this policy costs one sync a step.
+            skipped = nonfinite
+            diverging = torch.zeros_like(nonfinite)
+            if bool(nonfinite):
+                self.task.reset_state()
+            else:
+                self.optimizer.step()
+        else:
+            skipped = torch.zeros_like(nonfinite)
+            diverging = nonfinite
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.host_lr.append(self.optimizer.param_groups[0]["lr"])
+        self.schedule.step()
+        if self.initial_loss is None:
+            self.initial_loss = loss.detach().clone()
+        factor = self.cfg.trainer.explode_factor
+        if factor is None:
+            exploded = torch.zeros_like(nonfinite)
+        else:
+            exploded = loss_finite & (loss > factor * self.initial_loss)
+        self.buffer.record(loss, pre, post, clipped, diverging, exploded, skipped)
+        self.host_wall.append(time.perf_counter() - self.t_start)
+
+    # ---- flush ----------------------------------------------------------------------
+    def flush(self, first_step: int) -> bool:
+        """Write buffered steps; return True when the run must stop (diverged)."""
+        rows = self.buffer.drain()
+        n = len(rows["train_loss"])
+        steps = np.arange(first_step, first_step + n, dtype=np.int64)
+        bad = rows["nonfinite"] | rows["exploded"]
+        # the raw fact per row: was the loss or the gradient norm NaN/Inf at this step
+        raw_nonfinite = ~(np.isfinite(rows["train_loss"]) & np.isfinite(rows["grad_norm_pre"]))
+        stop_at = n
+        st = self.state
+        if self.state.first_nonfinite_step is None and raw_nonfinite.any():
+            first = int(np.argmax(raw_nonfinite))
+            if self.scaler is None or not np.isfinite(rows["train_loss"][first]):
+                st.first_nonfinite_step = int(steps[first])
+        if bad.any():
+            i = int(np.argmax(bad))
+            stop_at = i + 1
+            st.divergence = "nonfinite" if rows["nonfinite"][i] else "exploded"
+            st.divergence_step = int(steps[i])
+            if st.divergence == "nonfinite":
+                st.first_nonfinite_step = int(steps[i])
+        tpt = self.task.tokens_per_step
+        cols = {
+            "step": steps[:stop_at],
+            "tokens": steps[:stop_at] * tpt,
+            "train_loss": rows["train_loss"][:stop_at],
+            "grad_norm_pre": rows["grad_norm_pre"][:stop_at],
+            "grad_norm_post": rows["grad_norm_post"][:stop_at],
+            "clipped": rows["clipped"][:stop_at],
+            "lr": np.asarray(self.host_lr[first_step - 1: first_step - 1 + stop_at]),
+            "nonfinite": raw_nonfinite[:stop_at],
+            "skipped": rows["skipped"][:stop_at],
+            "wall_s": np.asarray(self.host_wall[first_step - 1: first_step - 1 + stop_at]),
+        }
+        val_loss = np.full(stop_at, np.nan)
+        val_bpc = np.full(stop_at, np.nan)
+        for k, s in enumerate(cols["step"]):
+            if int(s) in st.evals:
+                val_loss[k] = st.evals[int(s)]["val_loss"]
+                val_bpc[k] = st.evals[int(s)]["val_bpc"]
+        cols["val_loss"], cols["val_bpc"] = val_loss, val_bpc
+        self.metrics.append(cols)
+        st.skipped_steps += int(rows["skipped"][:stop_at].sum())
+        st.steps_completed = int(steps[stop_at - 1]) if stop_at else st.steps_completed
+        st.tokens_seen = st.steps_completed * tpt
+        return bool(bad.any())
+
+    # ---- the run --------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t = self.cfg.trainer
+        max_steps = int(t.max_steps)
+        self.write_summary()
+        log.info(
+            "run %s: %s, %s params, device %s (%s), %d steps of %d tokens",
+            self.run_dir, self.task.name, f"{count_parameters(self.model):,}", self.device,
+            self.env["device_name"], max_steps, self.task.tokens_per_step,
+        )
+        progress = Progress(t.progress, max_steps)
+        previous_handler = _install_sigterm()
+        try:
+            with progress:
+                self.model.train()
+                for step in range(1, max_steps + 1):
+                    self.step()
+                    if t.eval_every and step % t.eval_every == 0 and step != max_steps:
+                        self.evaluate(step)
+                    if (self.buffer.full or step == max_steps) and self.end_window(step):
+                        break
+                    if step % int(t.log_every) == 0 or step == max_steps:
+                        progress.update(step, self.metrics, self.state)
+            if self.state.status == "running":
+                self.state.status = "completed"
+        except (KeyboardInterrupt, Interrupted):
+            self._flush_partial()
+            self.state.status = "interrupted"
+            self.state.error = "interrupted by signal"
+            self.write_summary()
+            raise
+        except BaseException as e:
+            self._flush_partial()
+            self.state.status = "error"
+            self.state.error = f"{type(e).__name__}: {e}"
+            self.write_summary()
+            raise
+        finally:
+            _restore_sigterm(previous_handler)
+        summary = self.write_summary()
+        log.info(summary_line(summary))
+        return summary
+
+    def evaluate(self, step: int) -> None:
+        t0 = time.perf_counter()
+        self.state.evals[step] = self.task.evaluate(self.model, self.cfg.trainer.eval_batches)
+        self.eval_seconds += time.perf_counter() - t0
+
+    def end_window(self, step: int) -> bool:
+        """Flush the buffered steps; True when the run must stop here (it diverged)."""
+        st = self.state
+        if self.flush(st.steps_completed + 1):
+            if self.cfg.trainer.on_nonfinite == "raise" and st.divergence == "nonfinite":
+                raise NonFiniteError(
+                    f"non-finite loss or gradient at step {st.first_nonfinite_step} "
+                    "(trainer.on_nonfinite=raise)"
+                )
+            st.status = "diverged"
+            return True
+        if step == int(self.cfg.trainer.max_steps):  # the final evaluation
+            self.evaluate(step)
+            self.metrics.set_last(**st.evals[step])
+        self.write_summary()
+        return False
+
+    def _flush_partial(self) -> None:
+        if self.buffer.n:
+            with contextlib.suppress(Exception):
+                self.flush(self.state.steps_completed + 1)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    # ---- summary --------------------------------------------------------------------
+    def write_summary(self) -> dict[str, Any]:
+        st = self.state
+        losses = self.metrics.column("train_loss")
+        pre = self.metrics.column("grad_norm_pre")
+        clipped = self.metrics.column("clipped")
+        finished = st.status == "completed"
+        window = losses[-int(self.cfg.trainer.log_every):]
+        window = window[np.isfinite(window)]
+        last_eval = st.evals.get(st.steps_completed) if finished else None
+        bpcs = [e["val_bpc"] for s, e in st.evals.items() if s <= st.steps_completed]
+        train_s = self.elapsed() - self.eval_seconds
+        summary = {
+            "schema_version": SCHEMA_VERSION,
+            "status": st.status,
+            "divergence": st.divergence,
+            "first_nonfinite_step": st.first_nonfinite_step,
+            "divergence_step": st.divergence_step,
+            "steps_completed": st.steps_completed,
+            "tokens_seen": st.tokens_seen,
+            "final_train_loss": float(window.mean()) if finished and window.size else None,
+            "final_val_loss": last_eval["val_loss"] if last_eval else None,
+            "final_val_bpc": last_eval["val_bpc"] if last_eval else None,
+            "best_val_bpc": min(bpcs) if bpcs else None,
+            "grad_norm_pre": grad_norm_stats(pre),
+            "clip_fraction": float(clipped.mean()) if clipped.size else None,
+            "skipped_steps": st.skipped_steps,
+            "wall_seconds": self.elapsed(),
+            "train_seconds": train_s,
+            "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
+            "task": self.task.describe(),
+            "parameters": count_parameters(self.model),
+            "config": flat(self.cfg),
+            "env": self.env,
+            "error": st.error,
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    def num(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    parts = [f"status={s['status']}"]
+    if s["divergence"]:
+        parts.append(f"divergence={s['divergence']} at step {s['divergence_step']}")
+    parts += [
+        f"steps={s['steps_completed']}",
+        f"final_val_bpc={num(s['final_val_bpc'], '.3f')}",
+        f"best_val_bpc={num(s['best_val_bpc'], '.3f')}",
+        f"clip_fraction={num(s['clip_fraction'], '.2f')}",
+        f"tokens/s={num(s['tokens_per_second'], ',.0f')}",
+    ]
+    return " ".join(parts)
+
+
+def _install_sigterm():
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. a joblib worker thread)
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Progress:
+    """A rich progress bar on a terminal, plain log lines at each flush otherwise."""
+
+    def __init__(self, mode: str, total: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode, self.total = mode, total
+        self.bar = None
+
+    def __enter__(self):
+        if self.mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            )
+            self.bar.__enter__()
+            self.task_id = self.bar.add_task("train", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+    def update(self, step: int, metrics: MetricsFile, state: RunState) -> None:
+        loss = metrics.column("train_loss")[-1]
+        pre = metrics.column("grad_norm_pre")[-1]
+        info = f"loss {loss:.3f} |g| {pre:.3g}"
+        if state.evals:  # the latest evaluation, with the step it was taken at
+            at = max(state.evals)
+            info += f" val_bpc {state.evals[at]['val_bpc']:.3f} (step {at})"
+        if self.bar is not None:
+            self.bar.update(self.task_id, completed=step, info=info)
+        elif self.mode == "log":
+            log.info("step %d/%d %s", step, self.total, info)
+
+
+def train(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
+    return Trainer(cfg, Path(run_dir)).run()
+

@@ -1,0 +1,25 @@
+import pytest
+
+from seqbench.config import compose
+
+# A model small enough that a test run takes a fraction of a second on one core.
+TINY = [
+    "model.hidden_size=16",
+    "model.embed_dim=8",
+    "task.seq_len=16",
+    "task.batch_size=4",
+    "trainer.max_steps=12",
+    "trainer.log_every=5",
+    "trainer.eval_every=0",
+    "trainer.eval_batches=2",
+    "trainer.progress=off",
+    "trainer.threads=1",
+]
+
+
+@pytest.fixture
+def tiny_cfg():
+    def make(*overrides: str):
+        return compose([*TINY, *overrides])
+
+    return make

@@ -1,0 +1,240 @@
+"""The training loop: accumulation, divergence detection, policies, outputs."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seqbench.data.tasks import build_task
+from seqbench.train import NonFiniteError, Trainer
+
+SUMMARY_KEYS = {
+    "schema_version", "status", "divergence", "first_nonfinite_step", "steps_completed",
+    "tokens_seen", "final_train_loss", "final_val_loss", "final_val_bpc", "best_val_bpc",
+    "grad_norm_pre", "clip_fraction", "skipped_steps", "wall_seconds", "tokens_per_second",
+    "config", "env", "error",
+}
+METRIC_COLUMNS = ["step", "tokens", "train_loss", "grad_norm_pre", "grad_norm_post", "clipped",
+                  "lr", "nonfinite", "skipped", "wall_s", "val_loss", "val_bpc"]
+
+
+def poisoned_task(cfg, at_step, factor=float("nan"), where="loss"):
+    """The real task, whose loss (or gradient) is poisoned at optimizer step `at_step`."""
+    task = build_task(cfg.task)
+    original = task.train_loss
+    calls = {"n": 0}
+    accum = cfg.trainer.accum_steps
+
+    def train_loss(model, j):
+        loss = original(model, j)
+        step = calls["n"] // accum + 1
+        calls["n"] += 1
+        if step == at_step:
+            if where == "loss":
+                return loss * factor
+            loss.register_hook(lambda g: g * factor)
+        return loss
+
+    task.train_loss = train_loss
+    return task
+
+
+def read(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    return summary, metrics
+
+
+def test_completed_run_outputs_follow_the_contract(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.eval_every=5", "clip=norm", "clip.max_norm=0.05")
+    summary = Trainer(cfg, tmp_path).run()
+    on_disk, m = read(tmp_path)
+    assert on_disk == json.loads(json.dumps(summary))
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["schema_version"] == 1 and summary["status"] == "completed"
+    assert summary["divergence"] is None and summary["first_nonfinite_step"] is None
+    assert summary["steps_completed"] == 12 and summary["tokens_seen"] == 12 * 4 * 16
+    assert list(m.columns) == METRIC_COLUMNS and len(m) == 12
+    assert m["step"].tolist() == list(range(1, 13))
+    assert m["tokens"].tolist() == [s * 64 for s in range(1, 13)]
+    # evaluations at 5, 10 and at the end; null elsewhere
+    assert m.loc[m.val_bpc.notna(), "step"].tolist() == [5, 10, 12]
+    assert summary["final_val_bpc"] == pytest.approx(m.val_bpc.iloc[-1])
+    assert summary["best_val_bpc"] == pytest.approx(m.val_bpc.min())
+    assert summary["final_val_bpc"] == pytest.approx(summary["final_val_loss"] / math.log(2))
+    assert summary["final_train_loss"] == pytest.approx(m.train_loss.iloc[-5:].mean())
+    assert summary["grad_norm_pre"]["median"] == pytest.approx(m.grad_norm_pre.median())
+    assert summary["grad_norm_pre"]["max"] == pytest.approx(m.grad_norm_pre.max())
+    assert summary["clip_fraction"] == pytest.approx(m.clipped.mean())
+    assert summary["clip_fraction"] > 0.5  # max_norm 0.05 is far below this model's norms
+    clipped = m[m.clipped]
+    assert (clipped.grad_norm_post <= 0.05 * (1 + 1e-5)).all()
+    assert (clipped.grad_norm_pre > 0.05).all()
+    assert summary["config"]["clip.method"] == "norm" and summary["config"]["seed"] == 0
+    assert summary["config"]["optim.name"] == "adam"
+    for key in ("torch", "python", "device_name", "hostname", "git_commit", "cuda"):
+        assert key in summary["env"]
+
+
+def test_status_is_running_while_training(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    task = build_task(cfg.task)
+    original, seen = task.train_loss, []
+
+    def spy(model, j):
+        seen.append(json.loads((tmp_path / "summary.json").read_text())["status"])
+        return original(model, j)
+
+    task.train_loss = spy
+    Trainer(cfg, tmp_path, task=task).run()
+    assert seen[0] == "running" and set(seen) == {"running"}
+
+
+@pytest.mark.parametrize("at_step", [1, 4, 5, 6, 11])
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_first_nonfinite_step_is_exact(tiny_cfg, tmp_path, at_step, where):
+    cfg = tiny_cfg("trainer.log_every=5")
+    summary = Trainer(cfg, tmp_path, task=poisoned_task(cfg, at_step, where=where)).run()
+    _, m = read(tmp_path)
+    assert summary["status"] == "diverged" and summary["divergence"] == "nonfinite"
+    assert summary["first_nonfinite_step"] == at_step
+    assert summary["steps_completed"] == at_step
+    assert summary["final_val_bpc"] is None and summary["final_train_loss"] is None
+    assert m.step.tolist() == list(range(1, at_step + 1))
+    assert m.nonfinite.tolist() == [False] * (at_step - 1) + [True]
+
+
+def test_explosion_is_detected_at_its_step(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.explode_factor=10")
+    summary = Trainer(cfg, tmp_path, task=poisoned_task(cfg, 7, factor=50.0)).run()
+    assert summary["status"] == "diverged" and summary["divergence"] == "exploded"
+    assert summary["divergence_step"] == 7 and summary["first_nonfinite_step"] is None
+    assert summary["steps_completed"] == 7
+
+
+def test_explosion_check_can_be_disabled(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.explode_factor=null")
+    summary = Trainer(cfg, tmp_path, task=poisoned_task(cfg, 7, factor=50.0)).run()
+    assert summary["status"] == "completed"
+
+
+def test_skip_policy_skips_the_update_and_counts_it(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.on_nonfinite=skip")
+    trainer = Trainer(cfg, tmp_path, task=poisoned_task(cfg, 3))
+    summary = trainer.run()
+    _, m = read(tmp_path)
+    assert summary["status"] == "completed" and summary["skipped_steps"] == 1
+    assert summary["first_nonfinite_step"] == 3 and summary["divergence"] is None
+    assert m.skipped.tolist() == [s == 3 for s in range(1, 13)]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_raise_policy_records_an_error(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.on_nonfinite=raise")
+    with pytest.raises(NonFiniteError, match="step 4"):
+        Trainer(cfg, tmp_path, task=poisoned_task(cfg, 4)).run()
+    summary, m = read(tmp_path)
+    assert summary["status"] == "error" and "step 4" in summary["error"]
+    assert summary["first_nonfinite_step"] == 4 and len(m) == 4
+
+
+def test_an_error_inside_a_run_is_written_before_it_propagates(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    task = build_task(cfg.task)
+    original, calls = task.train_loss, {"n": 0}
+
+    def boom(model, j):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("disk on fire")
+        return original(model, j)
+
+    task.train_loss = boom
+    with pytest.raises(RuntimeError):
+        Trainer(cfg, tmp_path, task=task).run()
+    summary, m = read(tmp_path)
+    assert summary["status"] == "error" and "disk on fire" in summary["error"]
+    assert len(m) == 7  # the steps before the error were flushed, not lost
+
+
+class CountingClip:
+    def __init__(self, inner):
+        self.inner, self.calls, self.norms = inner, 0, []
+
+    def __call__(self, grads, pre):
+        self.calls += 1
+        self.norms.append(float(pre))
+        return self.inner(grads, pre)
+
+
+def run_counting(cfg, tmp_path):
+    trainer = Trainer(cfg, tmp_path)
+    trainer.clip = CountingClip(trainer.clip)
+    trainer.run()
+    return trainer
+
+
+def test_accumulation_clips_the_accumulated_gradient_once_per_step(tiny_cfg, tmp_path):
+    base = ("task.batch_size=8", "clip=norm", "clip.max_norm=0.1", "trainer.max_steps=6",
+            "optim=sgd", "optim.lr=0.5")
+    one = run_counting(tiny_cfg(*base, "trainer.accum_steps=1"), tmp_path / "a")
+    four = run_counting(tiny_cfg(*base, "trainer.accum_steps=4"), tmp_path / "b")
+    assert one.clip.calls == 6 and four.clip.calls == 6
+    # 4 micro-batches of 2 streams accumulate exactly the gradient of 8 streams
+    np.testing.assert_allclose(four.clip.norms, one.clip.norms, rtol=1e-4)
+    for p, q in zip(one.model.parameters(), four.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_same_run(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.deterministic=true")
+    Trainer(cfg, tmp_path / "a").run()
+    Trainer(cfg, tmp_path / "b").run()
+    a, b = read(tmp_path / "a")[1], read(tmp_path / "b")[1]
+    cols = ["train_loss", "grad_norm_pre", "grad_norm_post"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_warmup_cosine_schedule_is_recorded(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("optim.schedule=warmup_cosine", "optim.warmup_steps=4", "optim.lr=0.01")
+    Trainer(cfg, tmp_path).run()
+    lr = read(tmp_path)[1].lr.to_numpy()
+    np.testing.assert_allclose(lr[:4], [0.0025, 0.005, 0.0075, 0.01])
+    assert lr[4] == pytest.approx(0.01) and np.all(np.diff(lr[4:]) < 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("optim", ["sgd", "adam", "adamw", "rmsprop"])
+def test_every_cell_and_optimizer_trains(tiny_cfg, tmp_path, cell, optim):
+    cfg = tiny_cfg(f"model={cell}", f"optim={optim}", "trainer.max_steps=3",
+                   "model.num_layers=2", "model.dropout=0.1")
+    assert Trainer(cfg, tmp_path).run()["status"] == "completed"
+
+
+def test_bf16_autocast_runs(tiny_cfg, tmp_path):
+    summary = Trainer(tiny_cfg("trainer.amp=bf16"), tmp_path).run()
+    assert summary["status"] == "completed"
+
+
+def test_fp16_clips_the_unscaled_gradient(tiny_cfg, tmp_path):
+    """Under fp16 AMP the gradients are unscaled before clipping: the norms the clipper
+    sees match an fp32 run, not 65536 times larger."""
+    # nn.RNN computes in fp16 under CPU autocast (nn.LSTM has no CPU fp16 kernel)
+    base = ("trainer.max_steps=3", "model=rnn_tanh")
+    fp32 = run_counting(tiny_cfg(*base), tmp_path / "a")
+    fp16 = run_counting(tiny_cfg(*base, "trainer.amp=fp16"), tmp_path / "b")
+    np.testing.assert_allclose(fp16.clip.norms, fp32.clip.norms, rtol=0.05)
+    assert fp16.scaler is not None and fp16.scaler.get_scale() > 1
+
+
+def test_fp16_scaler_skip_is_counted_not_divergence(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("model=rnn_tanh", "trainer.amp=fp16")
+    task = poisoned_task(cfg, 4, factor=float("inf"), where="grad")
+    summary = Trainer(cfg, tmp_path, task=task).run()
+    _, m = read(tmp_path)
+    assert summary["status"] == "completed" and summary["divergence"] is None
+    assert summary["skipped_steps"] == 1 and m.skipped.tolist()[3] is True
+    assert summary["first_nonfinite_step"] is None
