@@ -25,13 +25,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m seqbench train
+	$(BIN)/python -m seqbench sweep
 
 test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check seqbench tests
+	$(BIN)/ruff check seqbench tests hydra_plugins
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache

@@ -19,6 +19,15 @@ commands:
   train [KEY=VALUE ...]   train one model; Hydra overrides select the task, model,
                           optimizer, clipping method and trainer settings
                           (python -m seqbench train --help lists them all)
+  sweep [PRESET] [KEY=VALUE ...] [--force] [--dry-run]
+                          run a preset's grid of runs (default preset: demo) into
+                          runs/PRESET/ and write reports/PRESET/; finished runs are
+                          skipped. Presets: conf/sweep/. KEY=a,b sweeps a key over
+                          values; hydra/launcher=joblib|submitit_local|slurm picks
+                          where the runs execute
+  report RUNS_DIR [--out DIR]
+                          (re)write the report of a directory of runs
+                          (default --out: reports/<name of RUNS_DIR>)
 
 exit status: 0 done (a diverged run is a result), 2 invalid input, 1 unexpected error
 """
@@ -40,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train}
+    commands = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}
     if command not in commands:
         return error(f"command={command}: one of {', '.join(commands)} (see --help)")
     return commands[command](rest)
@@ -68,8 +77,8 @@ def _flags(args: list[str]) -> tuple[list[str], list[str], str | None]:
     return flags, overrides, None
 
 
-def check_config(overrides: list[str]) -> list[str]:
-    """Compose and validate; return the error lines (empty when the config is good)."""
+def check_config(overrides: list[str], values: bool = True) -> list[str]:
+    """Compose (and with `values`, validate); return the error lines, empty when good."""
     from seqbench.config import compose, explain_hydra_error, validate
     from seqbench.errors import ConfigError, ConfigErrors
 
@@ -78,7 +87,8 @@ def check_config(overrides: list[str]) -> list[str]:
             return [f"override={o}: expected KEY=VALUE or GROUP=OPTION"]
     try:
         cfg = compose(overrides)
-        validate(cfg)
+        if values:
+            validate(cfg)
     except ConfigErrors as e:
         return [str(x) for x in e.errors]
     except ConfigError as e:
@@ -115,3 +125,85 @@ def cmd_train(args: list[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def presets() -> list[str]:
+    from seqbench.config import conf_dir
+
+    return sorted(p.stem for p in (conf_dir() / "sweep").glob("*.yaml"))
+
+
+def cmd_sweep(args: list[str]) -> int:
+    from seqbench import sweep as sw
+
+    preset = "demo"
+    if args and not args[0].startswith("-") and "=" not in args[0]:
+        preset, args = args[0], args[1:]
+    if preset not in presets():
+        return error(f"preset={preset}: one of {', '.join(presets())}")
+    extra = []
+    for flag, override in (("--force", "hydra.sweeper.force=true"),
+                           ("--dry-run", "hydra.sweeper.dry_run=true")):
+        if flag in args:
+            args = [a for a in args if a != flag]
+            extra.append(override)
+    for a in args:
+        if a.startswith("-"):
+            return error(f"option={a}: unknown; allowed: --force, --dry-run")
+        if "=" not in a:
+            return error(f"override={a}: expected KEY=VALUE, KEY=A,B or GROUP=OPTION")
+    # Hydra composes the sweep's base config with the fixed overrides before any job;
+    # check that here so a typo is one line and exit 2. Values are checked per job.
+    fixed = [a for a in args if not a.startswith("hydra") and not _is_sweep(a)]
+    problems = check_config([f"+sweep={preset}", *fixed], values=False)
+    if problems:
+        for line in problems:
+            print(f"seqbench: error: {line}", file=sys.stderr)
+        return 2
+    base = [f"+sweep={preset}", f"hydra.sweeper.preset={preset}", f"hydra.sweep.dir=runs/{preset}"]
+    from seqbench.app import train_app
+
+    saved = sys.argv
+    sys.argv = ["seqbench sweep", "--multirun", *base, *extra, *args]
+    sw.LAST_OUTCOME = None
+    try:
+        train_app()
+    finally:
+        sys.argv = saved
+    outcome = sw.LAST_OUTCOME
+    return 1 if outcome is not None and outcome.error else 0
+
+
+def cmd_report(args: list[str]) -> int:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m seqbench report",
+                                     description="Write the report of a directory of runs.")
+    parser.add_argument("runs_dir", help="directory holding run directories (summary.json)")
+    parser.add_argument("--out", help="output directory (default: reports/<name of RUNS_DIR>)")
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:
+        return 2 if e.code else 0
+    from seqbench.report import ReportInputError, make_report
+
+    runs = Path(ns.runs_dir)
+    out = Path(ns.out) if ns.out else Path("reports") / runs.resolve().name
+    try:
+        result = make_report(runs, out)
+    except ReportInputError as e:
+        return error(f"RUNS_DIR={ns.runs_dir}: {e}")
+    print(f"report: {result.paths['report_html']} ({result.n_runs} runs: "
+          f"{result.n_completed} completed, {result.n_diverged} diverged, "
+          f"{result.n_incomplete} incomplete, {result.n_corrupt} corrupt)")
+    return 0
+
+
+def _is_sweep(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:
+        return False

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seqbench.checks import one_of, positive
+from seqbench.checks import at_least, one_of, positive
 from seqbench.registry import Registry
 
 ClipFn = Callable[[list[Tensor], Tensor], tuple[Tensor, Tensor]]
@@ -61,6 +61,11 @@ class NormClipConfig:
     max_norm: float = positive(1.0)
     norm_type: float = one_of(2.0, NORM_TYPES)
     scope: str = one_of("global", ("global", "per_tensor"))
+    # relative: max_norm is a multiple of the median gradient norm (of norm_type) over the
+    # first calibration_steps steps, which run unclipped -- the heuristic of Pascanu,
+    # Mikolov & Bengio (2013, sec. 3.2), who found 0.5x to 10x that average to work.
+    relative: bool = False
+    calibration_steps: int = at_least(50, 1)
 
 
 @CLIP.register("none", NoClipConfig)
@@ -91,17 +96,60 @@ def norm_clip(cfg: NormClipConfig) -> ClipFn:
     max_norm, p = float(cfg.max_norm), float(cfg.norm_type)
     if cfg.scope == "per_tensor":
         return _per_tensor_norm_clip(max_norm, p)
+    if cfg.relative:
+        return RelativeNormClip(max_norm, p, int(cfg.calibration_steps))
 
     def clip(grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
         if not grads:
             return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
         total = pre if p == 2.0 else global_norm(grads, p)
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        torch._foreach_mul_(grads, coef)
-        # A global rescale multiplies every element by coef, so the L2 norm scales by it.
-        return pre * coef, coef < 1.0
+        return _rescale(grads, pre, total, max_norm)
 
     return clip
+
+
+def _rescale(grads: list[Tensor], pre: Tensor, total: Tensor, max_norm) -> tuple[Tensor, Tensor]:
+    """clip_grad_norm_'s rule: scale every gradient by min(1, max_norm / (total + 1e-6))."""
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, coef)
+    # A global rescale multiplies every element by coef, so the L2 norm scales by it.
+    return pre * coef, coef < 1.0
+
+
+class RelativeNormClip:
+    """Global norm clipping at `multiple` x the median norm of the first `steps` steps.
+
+    The calibration norms are written into a device tensor and the median is taken on
+    the device, so calibrating costs no host sync either.
+    """
+
+    def __init__(self, multiple: float, norm_type: float, steps: int):
+        self.multiple, self.p, self.steps = multiple, norm_type, steps
+        self.seen = 0
+        self.history: Tensor | None = None
+        self.threshold: Tensor | None = None
+
+    def __call__(self, grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+        if not grads:
+            return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
+        total = pre if self.p == 2.0 else global_norm(grads, self.p)
+        if self.threshold is None:
+            if self.history is None:
+                self.history = torch.empty(self.steps, device=total.device)
+            self.history[self.seen] = total
+            self.seen += 1
+            if self.seen == self.steps:
+                finite = torch.where(torch.isfinite(self.history), self.history, torch.nan)
+                self.threshold = self.multiple * torch.nanmedian(finite)
+            return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
+        return _rescale(grads, pre, total, self.threshold)
+
+    def summary(self) -> dict[str, float | None]:
+        """The threshold the run used (read once, at the end of the run)."""
+        if self.threshold is None:
+            return {"clip_threshold": None, "calibration_median": None}
+        t = float(self.threshold)
+        return {"clip_threshold": t, "calibration_median": t / self.multiple}
 
 
 def _per_tensor_norm_clip(max_norm: float, p: float) -> ClipFn:

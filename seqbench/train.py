@@ -89,6 +89,8 @@ class Trainer:
             torch.set_num_threads(int(t.threads))
         seed_everything(int(cfg.seed), bool(t.deterministic))
         self.device = resolve_device(t.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(bool(t.flush_denormal))
         self.task = task if task is not None else build_task(cfg.task)
         self.accum = int(t.accum_steps)
         self.task.setup(self.device, self.accum)
@@ -299,6 +301,9 @@ class Trainer:
         last_eval = st.evals.get(st.steps_completed) if finished else None
         bpcs = [e["val_bpc"] for s, e in st.evals.items() if s <= st.steps_completed]
         train_s = self.elapsed() - self.eval_seconds
+        # a stateful clipper (e.g. a calibrated threshold) reports its state once, at the end
+        ended = st.status != "running"
+        clip_info = self.clip.summary() if ended and hasattr(self.clip, "summary") else None
         summary = {
             "schema_version": SCHEMA_VERSION,
             "status": st.status,
@@ -317,6 +322,7 @@ class Trainer:
             "wall_seconds": self.elapsed(),
             "train_seconds": train_s,
             "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
+            "clip": clip_info,
             "task": self.task.describe(),
             "parameters": count_parameters(self.model),
             "config": flat(self.cfg),

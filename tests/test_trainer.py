@@ -238,3 +238,17 @@ def test_fp16_scaler_skip_is_counted_not_divergence(tiny_cfg, tmp_path):
     assert summary["status"] == "completed" and summary["divergence"] is None
     assert summary["skipped_steps"] == 1 and m.skipped.tolist()[3] is True
     assert summary["first_nonfinite_step"] is None
+
+
+def test_relative_norm_threshold_is_a_multiple_of_the_calibration_median(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("clip=norm", "clip.relative=true", "clip.max_norm=0.5",
+                   "clip.calibration_steps=5", "trainer.max_steps=12")
+    summary = Trainer(cfg, tmp_path).run()
+    m = read(tmp_path)[1]
+    median = float(np.median(m.grad_norm_pre.iloc[:5]))
+    assert summary["clip"]["calibration_median"] == pytest.approx(median, rel=1e-6)
+    assert summary["clip"]["clip_threshold"] == pytest.approx(0.5 * median, rel=1e-6)
+    assert not m.clipped.iloc[:5].any()  # calibration steps run unclipped
+    after = m.iloc[5:]
+    assert (after.clipped == (after.grad_norm_pre > 0.5 * median)).all()
+    assert (after.grad_norm_post <= 0.5 * median * (1 + 1e-5)).all()

@@ -1,0 +1,253 @@
+"""The `seqbench` Hydra sweeper: union of grids, validate all, skip finished, report.
+
+Selected by `hydra/sweeper=seqbench` (the sweep presets in conf/sweep/ do this). It
+expands the preset's grids (`hydra.sweeper.grids`), composes and validates every job
+before launching any (exit 2 listing the invalid ones), skips jobs that already ended
+for the same config, launches the rest through whichever Hydra launcher is configured,
+shows one progress bar over the whole sweep, and writes the report at the end.
+"""
+
+# No `from __future__ import annotations` here: Hydra imports plugin modules without
+# registering them in sys.modules, and dataclasses then cannot resolve string annotations.
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import seqbench.sweep as sw
+
+log = logging.getLogger("seqbench.sweep")
+
+
+@dataclass
+class SeqbenchSweeperConf:
+    _target_: str = "hydra_plugins.seqbench_sweeper.sweeper.SeqbenchSweeper"
+    preset: str = "sweep"
+    # list of grids: each maps an override key to a value or a list of values
+    grids: list[Any] = field(default_factory=list)
+    force: bool = False  # re-run finished jobs too
+    dry_run: bool = False  # list the jobs and launch nothing
+    max_batch_size: int | None = None  # jobs per launcher call; null: chosen per launcher
+    report: bool = True
+    report_dir: str | None = None  # null: reports/<preset>
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="seqbench", node=SeqbenchSweeperConf,
+                             provider="seqbench")
+
+
+class SeqbenchSweeper(Sweeper):
+    def __init__(self, preset: str, grids: list, force: bool, dry_run: bool,
+                 max_batch_size: int | None, report: bool, report_dir: str | None):
+        self.preset, self.force, self.dry_run = preset, force, dry_run
+        self.grids = [OmegaConf.to_container(g, resolve=True) if OmegaConf.is_config(g) else g
+                      for g in grids]
+        self.max_batch_size, self.report, self.report_dir = max_batch_size, report, report_dir
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    # ---- planning -------------------------------------------------------------------
+    def _launcher_kind(self) -> str:
+        return type(self.launcher).__name__.lower()
+
+    def _extra_overrides(self, cli: dict) -> list[str]:
+        """Split the CPU between parallel local jobs (joblib): threads = cores / n_jobs."""
+        if "joblib" not in self._launcher_kind() or "trainer.threads" in cli:
+            return []
+        cores = os.cpu_count() or 1
+        n_jobs = int(self.config.hydra.launcher.get("n_jobs", -1) or -1)
+        n_jobs = cores if n_jobs < 1 else min(n_jobs, cores)
+        return [f"trainer.threads={max(1, cores // n_jobs)}"]
+
+    def plan(self, arguments: list[str]):
+        """(jobs to launch, jobs already finished, error lines), all jobs composed."""
+        from seqbench.config import explain_hydra_error, flat, validate
+        from seqbench.errors import ConfigError, ConfigErrors
+
+        try:
+            cli = sw.split_cli_overrides(arguments)
+        except Exception as e:  # a malformed override or an unsupported sweep
+            return [], [], [("command line", f"overrides: {str(e).splitlines()[0]}")]
+        jobs = sw.expand(self.grids, cli)
+        extra = self._extra_overrides(cli)
+        loader = self.hydra_context.config_loader
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        todo, done, errors, seen, data_checked = [], [], [], {}, {}
+        for job in jobs:
+            overrides = [*job.overrides, *extra]
+            try:
+                cfg = loader.load_sweep_config(self.config, overrides)
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                task_key = OmegaConf.to_yaml(cfg.task)
+                validate(cfg, check_data=task_key not in data_checked)
+                data_checked[task_key] = True
+            except ConfigErrors as e:
+                errors += [(job.name, str(x)) for x in e.errors]
+                continue
+            except ConfigError as e:
+                errors.append((job.name, str(e)))
+                continue
+            except Exception as e:
+                line = explain_hydra_error(e, overrides)
+                if line is None:
+                    raise
+                errors.append((job.name, line))
+                continue
+            config = flat(cfg)
+            identity = sw.config_identity(config)
+            if identity in seen:  # another grid already has this exact experiment
+                continue
+            seen[identity] = job.name
+            job = sw.Job(job.name, tuple(overrides))
+            if not self.force and sw.finished(sweep_dir / job.name, config):
+                done.append(job)
+            else:
+                todo.append(job)
+        return todo, done, errors
+
+    # ---- running --------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> Any:
+        t0 = time.perf_counter()
+        todo, done, errors = self.plan(arguments)
+        if errors:
+            for line in _group_errors(errors):
+                print(f"seqbench: error: {line}", file=sys.stderr)
+            n_jobs = len({job for job, _ in errors})
+            print(f"seqbench: error: {n_jobs} invalid job(s); nothing was launched",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        outcome = sw.SweepOutcome(jobs=len(todo) + len(done), skipped=len(done))
+        sw.LAST_OUTCOME = outcome
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        print(f"sweep {self.preset}: {outcome.jobs} jobs ({len(done)} already finished), "
+              f"validated in {time.perf_counter() - t0:.1f} s; runs in {sweep_dir}/", flush=True)
+        if self.dry_run:
+            for job in todo:
+                print(f"  {job.name}")
+            return []
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        batch = self.max_batch_size or self._default_batch(len(todo))
+        returns = []
+        with SweepProgress(len(todo)) as progress:
+            for start in range(0, len(todo), batch):
+                chunk = todo[start:start + batch]
+                overrides = [[*j.overrides, f"hydra.sweep.subdir='{j.name}'"] for j in chunk]
+                results = self.launcher.launch(overrides, initial_job_idx=start)
+                returns.append(results)
+                for job, ret in zip(chunk, results):
+                    self._count(outcome, sweep_dir / job.name, job, ret)
+                progress.update(outcome)
+        print(f"sweep {self.preset}: {outcome.line()} in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        for line in outcome.errors:
+            print(f"  error: {line}", file=sys.stderr)
+        if self.report:
+            self._report(sweep_dir, outcome)
+        return returns
+
+    def _default_batch(self, n: int) -> int:
+        kind = self._launcher_kind()
+        if "joblib" in kind:
+            return max(1, 4 * (os.cpu_count() or 1))
+        if "submitit" in kind:
+            return max(1, n)  # one job array for the whole sweep
+        return 1  # basic launcher: one job at a time, so the progress bar moves
+
+    @staticmethod
+    def _count(outcome: sw.SweepOutcome, job_dir: Path, job: sw.Job, ret) -> None:
+        summary = sw.read_summary(job_dir)
+        status = (summary or {}).get("status")
+        if status == "completed":
+            outcome.completed += 1
+        elif status == "diverged":
+            outcome.diverged += 1
+        else:
+            outcome.error += 1
+            reason = (summary or {}).get("error")
+            if reason is None:
+                try:
+                    ret.return_value  # noqa: B018 -- re-raises the job's exception
+                    reason = f"status {status!r}"
+                except BaseException as e:  # the job failed before writing a summary
+                    reason = f"{type(e).__name__}: {e}"
+            outcome.errors.append(f"{job.name}: {reason}")
+
+    def _report(self, sweep_dir: Path, outcome: sw.SweepOutcome) -> None:
+        from seqbench.report import make_report
+
+        out = Path(self.report_dir or Path("reports") / self.preset)
+        t0 = time.perf_counter()
+        result = make_report(sweep_dir, out, title=f"seqbench sweep: {self.preset}")
+        outcome.report_dir = str(out)
+        print(f"report: {result.paths['report_html']} ({result.n_runs} runs, "
+              f"{time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+def _group_errors(errors: list[tuple]) -> list[str]:
+    """One line per distinct problem, naming one job that has it and how many do."""
+    by_message: dict = {}
+    for job, message in errors:
+        by_message.setdefault(message, []).append(job)
+    lines = []
+    for message, jobs in by_message.items():
+        more = f" (and {len(jobs) - 1} more jobs)" if len(jobs) > 1 else ""
+        lines.append(f"{message} -- in job {jobs[0]}{more}")
+    return lines
+
+
+class SweepProgress:
+    """One bar over the sweep on a terminal (done / diverged / left); lines otherwise."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):
+        if sys.stderr.isatty() and self.total:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                TimeRemainingColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("sweep", total=self.total, info="")
+        return self
+
+    def update(self, o: sw.SweepOutcome) -> None:
+        ran = o.completed + o.diverged + o.error
+        info = f"diverged {o.diverged}, error {o.error}, left {self.total - ran}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=ran, info=info)
+        else:
+            print(f"[{ran}/{self.total}] completed {o.completed}, {info}", flush=True)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False

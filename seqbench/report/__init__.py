@@ -1,0 +1,95 @@
+"""Reports: what a sweep says, with its uncertainty.
+
+A report is a pure function of run directories - ``collect`` reads them, ``stats``
+aggregates seeds into cells with intervals, ``figures`` draws, ``render`` writes
+Markdown, HTML and CSV - so it can be re-rendered at any time, on any machine,
+without retraining. :func:`make_report` runs the whole chain.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqbench.report.collect import CollectResult, ReportInputError, collect_runs, load_curves
+from seqbench.report.figures import FigureResult, make_figures
+from seqbench.report.render import write_documents
+from seqbench.report.stats import cell_index, cells, largest_stable_lr, threshold
+
+__all__ = [
+    "CollectResult",
+    "FigureResult",
+    "ReportInputError",
+    "ReportResult",
+    "cells",
+    "collect_runs",
+    "largest_stable_lr",
+    "load_curves",
+    "make_report",
+]
+
+
+@dataclass
+class ReportResult:
+    """What :func:`make_report` wrote and what it found.
+
+    ``paths``: report_md, report_html, runs_csv, cells_csv, stable_lr_csv.
+    ``figures``: name -> PNG path for every figure drawn; ``skipped``: name -> note for
+    figures that could not be drawn. ``n_runs`` counts readable run directories
+    (incomplete ones included); ``n_found`` = ``n_runs`` + ``n_corrupt``.
+    """
+
+    out_dir: Path
+    paths: dict[str, Path]
+    figures: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    n_found: int = 0
+    n_runs: int = 0
+    n_completed: int = 0
+    n_diverged: int = 0
+    n_incomplete: int = 0
+    n_corrupt: int = 0
+    n_cells: int = 0
+
+    @property
+    def written(self) -> list[Path]:
+        """Every file written, documents first."""
+        return [*self.paths.values(), *self.figures.values()]
+
+
+def make_report(
+    runs_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, title: str | None = None
+) -> ReportResult:
+    """Collect ``runs_dir``, aggregate, draw and write the report into ``out_dir``.
+
+    Raises :class:`ReportInputError` when ``runs_dir`` does not exist or holds no run
+    directory. Corrupt and incomplete runs are reported, not fatal; a figure that
+    cannot be drawn from the data is replaced by a note.
+    """
+    collected = collect_runs(runs_dir)
+    runs = collected.runs.copy()
+    if not runs.empty:
+        runs["threshold"] = threshold(runs)
+        runs["cell"] = cell_index(runs)
+    cells_df = cells(collected.runs)
+    stable_df = largest_stable_lr(cells_df)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = make_figures(collected.runs, cells_df, stable_df, collected.runs_dir, out / "figures")
+    name = title or f"seqbench report: {Path(runs_dir).resolve().name}"
+    paths = write_documents(collected, runs, cells_df, stable_df, figs, out, title=name)
+    status = collected.runs["status"].astype(object) if not collected.runs.empty else None
+    return ReportResult(
+        out_dir=out,
+        paths=paths,
+        figures={f.name: f.path for f in figs if f.path is not None},
+        skipped={f.name: f.note or "" for f in figs if f.path is None},
+        n_found=collected.n_found,
+        n_runs=len(collected.runs),
+        n_completed=int((status == "completed").sum()) if status is not None else 0,
+        n_diverged=int((status == "diverged").sum()) if status is not None else 0,
+        n_incomplete=len(collected.incomplete),
+        n_corrupt=len(collected.corrupt),
+        n_cells=int((cells_df["n"] > 0).sum()) if not cells_df.empty else 0,
+    )

@@ -1,0 +1,125 @@
+"""Labels and number formatting shared by figures and documents.
+
+Why one place: the same configuration must read the same in a legend, a table and a
+sentence, and a missing value must always print as an em dash - never as 0 or nan.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import pandas as pd
+
+MISSING = "—"
+
+_OPTIMIZER_NAMES = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+    "adagrad": "Adagrad",
+}
+
+
+def is_missing(x: object) -> bool:
+    """None, NaN and pandas NA are missing; everything else is a value."""
+    if x is None:
+        return True
+    try:
+        return bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def num(x: object, digits: int = 3) -> str:
+    """A number for humans: 3 significant digits, thousands grouped, integers exact."""
+    if is_missing(x):
+        return MISSING
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, Integral):
+        return f"{int(x):,}" if abs(int(x)) >= 10000 else str(int(x))
+    if isinstance(x, Real):
+        v = float(x)
+        if math.isinf(v):
+            return "∞" if v > 0 else "-∞"
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}" if abs(v) >= 10000 else str(int(v))
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}"
+    return str(x)
+
+
+def lr(x: object) -> str:
+    """A learning rate as written in a config (0.001, 2, 8)."""
+    if is_missing(x):
+        return MISSING
+    try:
+        return f"{float(x):g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def pct(x: object) -> str:
+    return MISSING if is_missing(x) else f"{100.0 * float(x):.0f}%"
+
+
+def interval(mean: object, lo: object, hi: object, digits: int = 3) -> str:
+    """``mean [lo, hi]``; the bracket is left out when the interval is undefined."""
+    if is_missing(mean):
+        return MISSING
+    m = float(mean)  # type: ignore[arg-type]
+    if not math.isfinite(m) or m == 0 or abs(m) >= 10000:
+        if is_missing(lo) or is_missing(hi):
+            return num(mean, digits)
+        return f"{num(mean, digits)} [{num(lo, digits)}, {num(hi, digits)}]"
+    # one number of decimals for all three, from the mean's significant digits
+    dec = max(0, digits - 1 - math.floor(math.log10(abs(m))))
+    if is_missing(lo) or is_missing(hi):
+        return f"{m:.{dec}f}"
+    return f"{m:.{dec}f} [{float(lo):.{dec}f}, {float(hi):.{dec}f}]"  # type: ignore[arg-type]
+
+
+def rate(k: object, n: object, lo: object, hi: object) -> str:
+    """``k/n (rate [lo, hi])`` with a Wilson interval; ``—`` when n is 0."""
+    if is_missing(n) or int(n) == 0:
+        return MISSING
+    k_i, n_i = int(k), int(n)  # type: ignore[call-overload]
+    return f"{k_i}/{n_i} ({k_i / n_i:.2f} [{float(lo):.2f}, {float(hi):.2f}])"  # type: ignore[arg-type]
+
+
+def optimizer(name: object) -> str:
+    """Display name of an optimizer (``sgd`` -> ``SGD``)."""
+    if is_missing(name):
+        return MISSING
+    return _OPTIMIZER_NAMES.get(str(name).lower(), str(name))
+
+
+def clip_short(method: object, threshold: object) -> str:
+    """Legend label of a clip setting: ``none``, ``norm 1``, ``value 0.5``."""
+    if is_missing(method):
+        return MISSING
+    m = str(method)
+    if m == "none" or is_missing(threshold):
+        return m
+    if m == "norm_relative":
+        return f"norm {lr(threshold)}x median"
+    return f"{m} {lr(threshold)}"
+
+
+def clip_phrase(method: object, threshold: object) -> str:
+    """Sentence form: ``no clipping``, ``norm clipping at 1``."""
+    if is_missing(method):
+        return "an unknown clip setting"
+    m = str(method)
+    if m == "none":
+        return "no clipping"
+    if m == "norm_relative":
+        if is_missing(threshold):
+            return "relative norm clipping"
+        return f"norm clipping at {lr(threshold)}x the median gradient norm"
+    if is_missing(threshold):
+        return f"{m} clipping"
+    return f"{m} clipping at {lr(threshold)}"

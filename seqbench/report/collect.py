@@ -1,0 +1,340 @@
+"""Collect run directories into tables.
+
+Why: a report is a pure function of run directories, so this is the only place that
+touches the file system on the way in. It must survive whatever a sweep leaves
+behind - jobs still running, jobs killed mid-write, files from an older writer -
+without failing the whole report: such directories are listed (``corrupt`` with the
+reason, ``incomplete`` with their status) and everything else is still reported.
+
+Reads are columnar (pyarrow, only the needed columns); there are no per-row Python
+loops, only one small loop per run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.parquet"
+
+#: summary.json schema versions this reader understands.
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+STATUSES = frozenset({"running", "completed", "diverged", "error", "interrupted"})
+#: Runs with these statuses have an outcome (the run finished or it diverged).
+VERDICT_STATUSES = frozenset({"completed", "diverged"})
+#: Runs with these statuses are listed as incomplete and excluded from rates.
+INCOMPLETE_STATUSES = frozenset({"running", "interrupted", "error"})
+DIVERGENCE_KINDS = frozenset({"nonfinite", "exploded"})
+#: The report's name for `clip=norm clip.relative=true` (threshold = multiple of median).
+RELATIVE_NORM = "norm_relative"
+
+#: Keys without which a summary cannot be interpreted.
+REQUIRED_KEYS: tuple[str, ...] = (
+    "schema_version",
+    "status",
+    "divergence",
+    "first_nonfinite_step",
+    "steps_completed",
+    "config",
+)
+#: Numeric summary fields copied into the runs table (missing -> NaN). ``divergence_step``
+#: is not in the contract's minimum but the trainer writes it; it is used when present.
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "first_nonfinite_step",
+    "divergence_step",
+    "steps_completed",
+    "tokens_seen",
+    "final_train_loss",
+    "final_val_loss",
+    "final_val_bpc",
+    "best_val_bpc",
+    "clip_fraction",
+    "skipped_steps",
+    "wall_seconds",
+    "tokens_per_second",
+)
+GRAD_NORM_STATS: tuple[str, ...] = ("median", "p99", "max")
+
+#: Run-level columns of the runs table; every other column is a config key.
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_dir",
+    "status",
+    "divergence",
+    *NUMERIC_FIELDS,
+    *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS),
+    "error",
+    "metrics_rows",
+    "schema_version",
+)
+
+#: Per-step columns used by the figures.
+CURVE_COLUMNS: tuple[str, ...] = (
+    "step",
+    "train_loss",
+    "grad_norm_pre",
+    "grad_norm_post",
+    "val_loss",
+    "val_bpc",
+)
+#: metrics.parquet columns without which the file is not a metrics file.
+REQUIRED_METRICS_COLUMNS: tuple[str, ...] = ("step",)
+
+
+class ReportInputError(ValueError):
+    """RUNS_DIR cannot be reported on (missing, not a directory, no run directories).
+
+    The message names the path and the problem; the CLI maps it to exit status 2.
+    """
+
+
+@dataclass
+class CollectResult:
+    """What :func:`collect_runs` found.
+
+    ``runs``: one row per readable run (incomplete ones included, with their status).
+    ``corrupt``: ``run_dir``, ``reason``. ``incomplete``: ``run_dir``, ``status``, ``error``.
+    """
+
+    runs_dir: Path
+    runs: pd.DataFrame
+    corrupt: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["run_dir", "reason"])
+    )
+    incomplete: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["run_dir", "status", "error"])
+    )
+
+    @property
+    def n_found(self) -> int:
+        """Run directories found (readable or not)."""
+        return len(self.runs) + len(self.corrupt)
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def find_run_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every directory under ``runs_dir`` (itself included) that holds a summary.json.
+
+    Does not descend into a run directory or into hidden directories (``.hydra``),
+    which keeps the walk cheap on large sweeps. Sorted for deterministic output.
+    """
+    root = Path(runs_dir)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if SUMMARY_FILE in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _hashable(value: object) -> object:
+    """Config values become table cells; lists/dicts are kept as canonical JSON text."""
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _read_summary(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Corrupt(f"summary.json unreadable: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Corrupt(f"summary.json is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _Corrupt("summary.json is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise _Corrupt(f"summary.json lacks required keys: {', '.join(missing)}")
+    version = data["schema_version"]
+    if version not in SUPPORTED_SCHEMA_VERSIONS or isinstance(version, bool):
+        raise _Corrupt(
+            f"summary.json schema_version {version!r} is not supported "
+            f"(supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
+        )
+    if data["status"] not in STATUSES:
+        raise _Corrupt(f"summary.json status {data['status']!r} is not one of {sorted(STATUSES)}")
+    if data["divergence"] is not None and data["divergence"] not in DIVERGENCE_KINDS:
+        raise _Corrupt(
+            f"summary.json divergence {data['divergence']!r} is not null, nonfinite or exploded"
+        )
+    if not isinstance(data["config"], dict):
+        raise _Corrupt("summary.json config is not an object")
+    bad = [k for k in NUMERIC_FIELDS if not _is_number(data.get(k))]
+    if bad:
+        raise _Corrupt(f"summary.json fields are not numbers: {', '.join(bad)}")
+    gn = data.get("grad_norm_pre")
+    if gn is not None and (
+        not isinstance(gn, dict) or not all(_is_number(gn.get(s)) for s in GRAD_NORM_STATS)
+    ):
+        raise _Corrupt("summary.json grad_norm_pre is not null or {median, p99, max} numbers")
+    return data
+
+
+def _metrics_rows(path: Path) -> int:
+    """Validate metrics.parquet from its footer (cheap) and return its row count."""
+    if not path.is_file():
+        raise _Corrupt("metrics.parquet is missing")
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _Corrupt(f"metrics.parquet unreadable: {exc}") from exc
+    names = set(meta.schema.to_arrow_schema().names)
+    missing = [c for c in REQUIRED_METRICS_COLUMNS if c not in names]
+    if missing:
+        raise _Corrupt(f"metrics.parquet lacks columns: {', '.join(missing)}")
+    return int(meta.num_rows)
+
+
+def _row(rel: str, data: dict, metrics_rows: float) -> dict:
+    row: dict[str, object] = {
+        "run_dir": rel,
+        "status": data["status"],
+        "divergence": data["divergence"],
+        "schema_version": data["schema_version"],
+        "error": data.get("error"),
+        "metrics_rows": metrics_rows,
+    }
+    for k in NUMERIC_FIELDS:
+        v = data.get(k)
+        row[k] = math.nan if v is None else float(v)
+    gn = data.get("grad_norm_pre") or {}
+    for s in GRAD_NORM_STATS:
+        v = gn.get(s)
+        row[f"grad_norm_pre_{s}"] = math.nan if v is None else float(v)
+    for k, v in data["config"].items():
+        if k in row:  # a config key may never shadow a run field
+            k = f"config.{k}"
+        row[k] = _hashable(v)
+    return row
+
+
+def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
+    """Read every run directory under ``runs_dir`` into a :class:`CollectResult`.
+
+    Raises :class:`ReportInputError` when ``runs_dir`` does not exist, is not a
+    directory, or holds no run directory at all. Corrupt and incomplete runs are
+    listed, never fatal. A run with status running/interrupted/error is incomplete
+    even if its metrics file is missing or damaged (it may still be writing);
+    a completed or diverged run with a damaged metrics file is corrupt.
+    """
+    root = Path(runs_dir)
+    if not root.exists():
+        raise ReportInputError(f"{root}: runs directory does not exist")
+    if not root.is_dir():
+        raise ReportInputError(f"{root}: not a directory")
+    dirs = find_run_dirs(root)
+    if not dirs:
+        raise ReportInputError(f"{root}: no run directories (no {SUMMARY_FILE} found below it)")
+
+    rows: list[dict] = []
+    corrupt: list[dict] = []
+    incomplete: list[dict] = []
+    for d in dirs:
+        rel = d.relative_to(root).as_posix() or "."
+        try:
+            data = _read_summary(d / SUMMARY_FILE)
+        except _Corrupt as exc:
+            corrupt.append({"run_dir": rel, "reason": str(exc)})
+            continue
+        status = data["status"]
+        try:
+            n_rows: float = _metrics_rows(d / METRICS_FILE)
+        except _Corrupt as exc:
+            if status not in INCOMPLETE_STATUSES:
+                corrupt.append({"run_dir": rel, "reason": str(exc)})
+                continue
+            n_rows = math.nan
+        if status in INCOMPLETE_STATUSES:
+            incomplete.append({"run_dir": rel, "status": status, "error": data.get("error")})
+        rows.append(_row(rel, data, n_rows))
+
+    runs = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))
+    lead = [c for c in RUN_COLUMNS if c in runs.columns]
+    config_cols = sorted(c for c in runs.columns if c not in RUN_COLUMNS)
+    runs = runs[lead + config_cols]
+    for c in (*NUMERIC_FIELDS, *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS), "metrics_rows"):
+        runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
+    if "clip.relative" in runs.columns and "clip.method" in runs.columns:
+        # norm clipping at a multiple of the calibrated median is its own method in a
+        # report: its threshold (clip.max_norm) is a multiple, not a norm
+        relative = (runs["clip.relative"] == True) & (runs["clip.method"] == "norm")  # noqa: E712
+        runs["clip.method"] = runs["clip.method"].astype(object).mask(relative, RELATIVE_NORM)
+    return CollectResult(
+        runs_dir=root,
+        runs=runs.reset_index(drop=True),
+        corrupt=pd.DataFrame(corrupt, columns=["run_dir", "reason"]),
+        incomplete=pd.DataFrame(incomplete, columns=["run_dir", "status", "error"]),
+    )
+
+
+def load_curves(
+    runs_dir: str | os.PathLike[str],
+    run_dirs: Iterable[str],
+    columns: Sequence[str] = CURVE_COLUMNS,
+    *,
+    errors: list[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Per-step metrics of several runs, concatenated, with a ``run_dir`` column.
+
+    Only ``columns`` are read (columnar). A requested column the file lacks comes
+    back as NaN; ``step`` is int64, everything else float64 (booleans as 0/1). Files
+    that cannot be read are skipped and, if ``errors`` is a list, reported into it as
+    ``(run_dir, reason)``.
+    """
+    root = Path(runs_dir)
+    run_dirs = list(dict.fromkeys(str(r) for r in run_dirs))
+    wanted = list(dict.fromkeys(["step", *columns]))
+    tables: list[pa.Table] = []
+    ids: list[str] = []
+    for rel in run_dirs:
+        path = root / rel / METRICS_FILE
+        try:
+            with pq.ParquetFile(path) as pf:
+                present = [c for c in wanted if c in pf.schema_arrow.names]
+                table = pf.read(columns=present)
+        except (OSError, pa.ArrowException) as exc:
+            if errors is not None:
+                errors.append((str(rel), f"metrics.parquet unreadable: {exc}"))
+            continue
+        n = table.num_rows
+        arrays = []
+        for c in wanted:
+            if c in table.column_names:
+                target = pa.int64() if c == "step" else pa.float64()
+                arrays.append(table.column(c).cast(target))
+            else:
+                arrays.append(pa.nulls(n, pa.int64() if c == "step" else pa.float64()))
+        arrays.append(pa.array(np.full(n, len(ids), dtype=np.int32)))
+        tables.append(pa.Table.from_arrays(arrays, names=[*wanted, "__run"]))
+        ids.append(str(rel))
+    if not tables:
+        empty = {c: pd.Series(dtype="int64" if c == "step" else float) for c in wanted}
+        return pd.DataFrame({"run_dir": pd.Series(dtype=object), **empty})
+    frame = pa.concat_tables(tables).to_pandas()
+    for c in wanted:
+        if c != "step":
+            frame[c] = frame[c].astype(float)
+    codes = frame.pop("__run").to_numpy()
+    frame.insert(0, "run_dir", pd.Categorical.from_codes(codes, categories=ids).astype(object))
+    return frame

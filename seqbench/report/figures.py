@@ -1,0 +1,800 @@
+"""Figures of a report (seaborn / matplotlib, PNG).
+
+Why these five: the heatmaps answer "where is it stable, and how good is it there",
+the curves show *how* runs fail, the gradient-norm distributions show what a clip
+threshold actually cuts, and the frontier puts stability against quality.
+
+Design choices:
+
+- Figures are built on ``matplotlib.figure.Figure`` objects, never through pyplot, so
+  no global backend or state is touched (PNG output is rendered by Agg) and nothing
+  leaks between reports. Seaborn styles are applied in a context manager, not set
+  globally.
+- seaborn 0.13.2 mis-groups pandas 3 ``str``/categorical columns used as ``hue``
+  (mwaskom/seaborn#3893): every grouping column is cast to ``object`` and every call
+  gets an explicit ``hue_order`` and ``palette`` dict. Tests check each group's data.
+- Degenerate input (nothing finished, no data) raises :class:`FigureSkipped`;
+  :func:`make_figures` turns that into a note instead of failing the report.
+- Figures stay cheap on 1,000-run sweeps: per-step curves are binned to at most
+  ``MAX_CURVE_POINTS`` points, the curve figure loads only the runs it shows, and
+  gradient-norm samples are capped per group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from seqbench.report import _format as fmt
+from seqbench.report.collect import load_curves
+from seqbench.report.stats import (
+    CLIP_METHOD_ORDER,
+    STAT_COLUMNS,
+    cell_index,
+    t_interval_from_summary,
+    varying_within,
+)
+
+DPI = 110
+MAX_CURVE_POINTS = 300
+MAX_CURVE_CONFIGS = 6
+MAX_PANELS = 24
+MAX_ECDF_POINTS = 20000
+NATS = "nats/char"
+
+FIGURE_NAMES: tuple[str, ...] = (
+    "divergence_heatmap",
+    "bpc_heatmap",
+    "loss_curves",
+    "grad_norms",
+    "frontier",
+)
+
+
+class FigureSkipped(Exception):
+    """The input cannot make this figure (e.g. no run finished); the message says why."""
+
+
+@dataclass
+class Plot:
+    """A drawn figure, the tidy data behind it, and its caption."""
+
+    figure: Figure
+    data: pd.DataFrame
+    caption: str
+    palette: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+
+@dataclass
+class FigureResult:
+    """One figure of a report: a written PNG, or a note saying why there is none."""
+
+    name: str
+    title: str
+    caption: str
+    path: Path | None = None
+    note: str | None = None
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    rc = {
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "axes.labelsize": 9,
+        "figure.titlesize": 12,
+        "legend.fontsize": 8,
+        "savefig.dpi": DPI,
+    }
+    with sns.axes_style("whitegrid"), mpl.rc_context(rc):
+        yield
+
+
+def _obj(s: pd.Series) -> pd.Series:
+    """Cast to object dtype (seaborn 0.13.2 + pandas 3 string/categorical hue bug)."""
+    return s.astype(object)
+
+
+def _method_sort_key(m: object) -> tuple[int, str]:
+    order = {x: i for i, x in enumerate(CLIP_METHOD_ORDER)}
+    return (order.get(str(m), len(order)), str(m))
+
+
+def _methods(values: Sequence[object] | pd.Series) -> list[str]:
+    return sorted({str(v) for v in values if not fmt.is_missing(v)}, key=_method_sort_key)
+
+
+def clip_palette(methods: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """Fixed colours per clip method so every figure uses the same ones."""
+    base = {"none": 3, "value": 1, "norm": 0}  # red-ish, orange, blue in 'deep'
+    colors = sns.color_palette("deep", 10)
+    spare = [i for i in range(10) if i not in base.values()]
+    out: dict[str, tuple[float, float, float]] = {}
+    k = 0
+    for m in methods:
+        if m in base:
+            out[m] = tuple(colors[base[m]])  # type: ignore[assignment]
+        else:  # methods added to the registry later get the remaining colours, cycling
+            out[m] = tuple(colors[spare[k % len(spare)]])  # type: ignore[assignment]
+            k += 1
+    return out
+
+
+# --------------------------------------------------------------------------- heatmaps
+
+
+def _config_key_columns(cells_df: pd.DataFrame) -> list[str]:
+    return [c for c in cells_df.columns if c not in STAT_COLUMNS and c != "cell"]
+
+
+def facet_columns(cells_df: pd.DataFrame) -> list[str]:
+    """Config columns that vary among cells with the same optimizer, method, threshold and lr.
+
+    Those must become part of a panel's identity, or two cells would share one heatmap
+    square (e.g. a sweep over model sizes).
+    """
+    coords = ["optim.name", "clip.method", "threshold", "optim.lr"]
+    extra = [
+        c for c in _config_key_columns(cells_df) if c not in ("clip.max_norm", "clip.clip_value")
+    ]
+    return varying_within(cells_df, coords, extra)
+
+
+def _panel_title(key: tuple, cols: Sequence[str]) -> str:
+    parts = []
+    for c, v in zip(cols, key, strict=True):
+        if c == "optim.name":
+            parts.append(fmt.optimizer(v))
+        elif c == "clip.method":
+            parts.append("no clipping" if v == "none" else f"{v} clipping")
+        else:
+            parts.append(f"{c}={fmt.num(v)}")
+    return " · ".join(parts)
+
+
+def heatmap_panels(cells_df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Split a cells table into heatmap panels: one per (optimizer, clip method, facets)."""
+    cols = [c for c in ("optim.name", "clip.method") if c in cells_df.columns] + facet_columns(
+        cells_df
+    )
+    if cells_df.empty:
+        return []
+    if not cols:
+        return [("all runs", cells_df)]
+    tmp = cells_df.assign(**{c: _obj(cells_df[c]) for c in cols})
+    groups = list(tmp.groupby(cols, dropna=False, sort=False))
+
+    def order(item: tuple) -> tuple:
+        key = item[0] if isinstance(item[0], tuple) else (item[0],)
+        return tuple(
+            _method_sort_key(v)
+            if c == "clip.method"
+            else (0, "")
+            if fmt.is_missing(v)
+            else (1, str(v))
+            for c, v in zip(cols, key, strict=True)
+        )
+
+    out = []
+    for key, sub in sorted(groups, key=order):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((_panel_title(key, cols), sub))
+    return out
+
+
+def _threshold_label(method: object, t: object) -> str:
+    if fmt.is_missing(t):
+        return "none" if method == "none" else "n/a"
+    return fmt.lr(t)
+
+
+def _threshold_axis_label(method: object) -> str:
+    if method == "norm":
+        return "max_norm (global gradient L2 norm)"
+    if method == "value":
+        return "clip_value (per-element |gradient|)"
+    if method == "norm_relative":
+        return "max_norm (x median unclipped norm)"
+    if method == "none":
+        return "threshold (none)"
+    return "clip threshold"
+
+
+def _grid(n_panels: int, ncols: int) -> tuple[int, int]:
+    ncols = max(1, min(ncols, n_panels))
+    return math.ceil(n_panels / ncols), ncols
+
+
+def _text_color(rgba: Sequence[float]) -> str:
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
+def _heatmap(
+    cells_df: pd.DataFrame,
+    value: str,
+    annotate: Callable[[dict], str],
+    *,
+    title: str,
+    cbar_label: str,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+) -> tuple[Figure, pd.DataFrame, int]:
+    panels = heatmap_panels(cells_df)
+    if not panels:
+        raise FigureSkipped("no configuration has any run")
+    if "optim.lr" not in cells_df.columns:
+        raise FigureSkipped("runs have no optim.lr in their config")
+    omitted = max(0, len(panels) - MAX_PANELS)
+    panels = panels[:MAX_PANELS]
+    n_methods = len(_methods(cells_df["clip.method"])) if "clip.method" in cells_df else 1
+    nrows, ncols = _grid(len(panels), n_methods if n_methods <= 4 else 3)
+    max_lrs = max(p["optim.lr"].nunique() for _, p in panels)
+    max_thr = max(p["threshold"].nunique(dropna=False) for _, p in panels)
+    width = ncols * (1.0 + 0.75 * max_lrs) + 1.2
+    height = nrows * (1.0 + 0.45 * max(max_thr, 2)) + 0.8
+    colormap = mpl.colormaps[cmap]
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    rows = []
+    with _style():
+        fig = Figure(figsize=(max(width, 5.0), max(height, 3.0)), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        for ax, (ptitle, sub) in zip(axes, panels, strict=False):
+            method = sub["clip.method"].iloc[0] if "clip.method" in sub else None
+            lrs = sorted(pd.to_numeric(sub["optim.lr"]).dropna().unique())
+            thr_vals = sorted(pd.to_numeric(sub["threshold"]).dropna().unique())
+            has_nan_thr = sub["threshold"].isna().any()
+            row_keys: list[float] = ([math.nan] if has_nan_thr else []) + list(thr_vals)
+            mat = np.full((len(row_keys), len(lrs)), np.nan)
+            ann = np.full((len(row_keys), len(lrs)), "", dtype=object)
+            for rec in sub.to_dict("records"):  # one per cell: a handful
+                t = rec["threshold"]
+                if fmt.is_missing(rec["optim.lr"]):
+                    continue
+                i = 0 if fmt.is_missing(t) else row_keys.index(t)
+                j = lrs.index(rec["optim.lr"])
+                v = rec[value]
+                mat[i, j] = np.nan if fmt.is_missing(v) else float(v)
+                ann[i, j] = annotate(rec)
+                rows.append(
+                    {"panel": ptitle, "row": i, "col": j, "value": mat[i, j], "text": ann[i, j]}
+                )
+            ax.set_facecolor("#e8e8e8")
+            ax.grid(False)
+            frame = pd.DataFrame(
+                mat,
+                index=[_threshold_label(method, t) for t in row_keys],
+                columns=[fmt.lr(x) for x in lrs],
+            )
+            sns.heatmap(
+                frame,
+                ax=ax,
+                cmap=colormap,
+                vmin=vmin,
+                vmax=vmax,
+                cbar=False,
+                linewidths=1.0,
+                linecolor="white",
+                square=False,
+            )
+            for i in range(mat.shape[0]):
+                for j in range(mat.shape[1]):
+                    if not ann[i, j]:
+                        continue
+                    v = mat[i, j]
+                    color = "black" if np.isnan(v) else _text_color(colormap(norm(v)))
+                    ax.text(
+                        j + 0.5,
+                        i + 0.5,
+                        ann[i, j],
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color=color,
+                    )
+            ax.set_title(ptitle)
+            ax.set_xlabel("learning rate (optim.lr)")
+            ax.set_ylabel(_threshold_axis_label(method))
+            ax.tick_params(axis="y", rotation=0)
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        sm = mpl.cm.ScalarMappable(norm=norm, cmap=colormap)
+        fig.colorbar(sm, ax=list(axes[: len(panels)]), label=cbar_label, shrink=0.9)
+        suffix = f" ({omitted} more panels not shown)" if omitted else ""
+        fig.suptitle(title + suffix)
+    return fig, pd.DataFrame(rows), omitted
+
+
+def divergence_heatmap(cells_df: pd.DataFrame) -> Plot:
+    """Divergence rate per (threshold, lr), one panel per optimizer and clip method."""
+
+    def annotate(rec: dict) -> str:
+        n = int(rec["n"])
+        if n == 0:
+            return f"{fmt.MISSING}\nn=0"
+        return f"{rec['divergence_rate']:.2f}\nn={n}"
+
+    fig, data, omitted = _heatmap(
+        cells_df,
+        "divergence_rate",
+        annotate,
+        title="Divergence rate by clip threshold and learning rate",
+        cbar_label="divergence rate (fraction of seeds)",
+        cmap="rocket_r",
+        vmin=0.0,
+        vmax=1.0,
+    )
+    caption = (
+        "Fraction of seeds that diverged (non-finite loss or gradient, or an exploded loss) "
+        "for each clip threshold (rows) and learning rate (columns); each square shows the "
+        "rate and the number n of runs that reached a verdict. Grey: not run, or no run has "
+        "finished yet."
+    )
+    return Plot(fig, data, caption)
+
+
+def bpc_heatmap(cells_df: pd.DataFrame) -> Plot:
+    """Mean final validation bpc over finished seeds; blank where nothing finished."""
+    if "final_val_bpc_mean" not in cells_df or cells_df["final_val_bpc_mean"].notna().sum() == 0:
+        raise FigureSkipped(
+            "no finished run has a final validation bpc (every run diverged, or evaluation was off)"
+        )
+    vals = cells_df["final_val_bpc_mean"].dropna().to_numpy(dtype=float)
+    vmin, vmax = float(np.min(vals)), float(np.max(vals))
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.05, vmax + 0.05
+
+    def annotate(rec: dict) -> str:
+        nf = int(rec["n_finished"])
+        if nf == 0 or fmt.is_missing(rec["final_val_bpc_mean"]):
+            return ""
+        return f"{rec['final_val_bpc_mean']:.2f}\nn={nf}"
+
+    fig, data, _ = _heatmap(
+        cells_df,
+        "final_val_bpc_mean",
+        annotate,
+        title="Final validation bits per character (finished runs only)",
+        cbar_label="final validation bpc (bits/char, lower is better)",
+        cmap="mako",
+        vmin=vmin,
+        vmax=vmax,
+    )
+    caption = (
+        "Mean final validation bits per character over the seeds that finished, with n the "
+        "number of finished seeds. Diverged runs have no final value and are not counted; "
+        "grey squares had no finished run (nothing is imputed)."
+    )
+    return Plot(fig, data, caption)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def select_curve_cells(
+    cells_df: pd.DataFrame, stable_df: pd.DataFrame, max_configs: int = MAX_CURVE_CONFIGS
+) -> pd.DataFrame:
+    """Pick a legible subset of cells for the loss-curve figure.
+
+    Per optimizer: the largest learning rate at which *some* clip setting was stable
+    (where clipping makes a difference), or the smallest lr tried if none was; then
+    every clip setting at that lr, unclipped first, the most stable and best ones next,
+    at most ``max_configs``. Returns the chosen cells rows with a ``label`` column.
+    """
+    if cells_df.empty or "optim.lr" not in cells_df.columns:
+        return cells_df.iloc[0:0].assign(label=pd.Series(dtype=object))
+    opt_col = "optim.name" if "optim.name" in cells_df.columns else None
+    groups = cells_df.groupby(_obj(cells_df[opt_col]), sort=True) if opt_col else [(None, cells_df)]
+    chosen = []
+    for opt, sub in groups:
+        sub = sub[sub["n"] > 0]
+        if sub.empty:
+            continue
+        lr_star = math.nan
+        if not stable_df.empty and "largest_stable_lr" in stable_df:
+            st = (
+                stable_df
+                if opt_col is None or opt_col not in stable_df
+                else stable_df[stable_df[opt_col].astype(object) == opt]
+            )
+            if st["largest_stable_lr"].notna().any():
+                lr_star = float(st["largest_stable_lr"].max())
+        if math.isnan(lr_star) or not (sub["optim.lr"] == lr_star).any():
+            lr_star = float(sub["optim.lr"].min())
+        at = sub[sub["optim.lr"] == lr_star].copy()
+        method = (
+            _obj(at["clip.method"])
+            if "clip.method" in at
+            else pd.Series("?", index=at.index, dtype=object)
+        )
+        at["__none"] = (method != "none").astype(int)
+        at["__bpc"] = at["final_val_bpc_mean"].fillna(np.inf)
+        at = at.sort_values(["__none", "divergence_rate", "__bpc"], kind="stable").head(max_configs)
+        chosen.append(at.drop(columns=["__none", "__bpc"]))
+    if not chosen:
+        return cells_df.iloc[0:0].assign(label=pd.Series(dtype=object))
+    out = pd.concat(chosen)
+    facets = facet_columns(cells_df)
+    labels = []
+    for rec in out.to_dict("records"):
+        label = (
+            fmt.clip_short(rec["clip.method"], rec.get("threshold"))
+            if "clip.method" in rec
+            else "all runs"
+        )
+        extra = [f"{c}={fmt.num(rec[c])}" for c in facets if c != "optim.name"]
+        labels.append(", ".join([label, *extra]))
+    out["label"] = pd.Series(labels, index=out.index, dtype=object)
+    # labels must be unique within an optimizer row
+    if opt_col:
+        dup = out.groupby([_obj(out[opt_col]), out["label"]]).cumcount()
+    else:
+        dup = out.groupby(out["label"]).cumcount()
+    out["label"] = [
+        lab if d == 0 else f"{lab} #{d + 1}" for lab, d in zip(out["label"], dup, strict=True)
+    ]
+    return out.reset_index(drop=True)
+
+
+def curve_stats(
+    curves: pd.DataFrame, value: str, max_points: int = MAX_CURVE_POINTS
+) -> pd.DataFrame:
+    """Mean and 95% t band over runs of ``value`` per (label, step bin).
+
+    Non-finite values are missing (a run that went NaN stops contributing); steps are
+    averaged into at most ``max_points`` equal bins per run first, so long runs stay
+    cheap to draw. Columns: label, step, mean, lo, hi, n (runs contributing).
+    """
+    cols = ["label", "step", "mean", "lo", "hi", "n"]
+    df = curves[["label", "run_dir", "step", value]].copy()
+    df = df[np.isfinite(df[value].to_numpy(dtype=float))]
+    if df.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+    max_step = int(df["step"].max())
+    width = max(1, math.ceil(max_step / max_points))
+    df["bin"] = (
+        ((df["step"] - 1) // width) * width + (width + 1) / 2.0
+        if width > 1
+        else df["step"].astype(float)
+    )
+    per_run = df.groupby(["label", "run_dir", "bin"], sort=False)[value].mean().reset_index()
+    g = (
+        per_run.groupby(["label", "bin"], sort=True)[value]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
+    lo, hi = t_interval_from_summary(g["mean"], g["std"], g["count"])
+    return pd.DataFrame(
+        {
+            "label": _obj(g["label"]),
+            "step": g["bin"],
+            "mean": g["mean"],
+            "lo": lo,
+            "hi": hi,
+            "n": g["count"],
+        }
+    )
+
+
+def loss_curves(
+    runs_df: pd.DataFrame,
+    cells_df: pd.DataFrame,
+    stable_df: pd.DataFrame,
+    runs_dir: str | os.PathLike[str],
+) -> Plot:
+    """Training and validation loss vs step for a legible subset of configurations."""
+    chosen = select_curve_cells(cells_df, stable_df)
+    if chosen.empty:
+        raise FigureSkipped("no configuration has a run with a verdict")
+    runs = runs_df[runs_df["status"].isin(["completed", "diverged"])].copy()
+    runs["cell"] = cell_index(runs_df).loc[runs.index]
+    chosen["__opt"] = _obj(chosen["optim.name"]) if "optim.name" in chosen else "all runs"
+    if "clip.method" in chosen:
+        method_rank = chosen["clip.method"].map(_method_sort_key)
+    else:
+        method_rank = pd.Series([(0, "")] * len(chosen), index=chosen.index, dtype=object)
+    chosen["__order"] = list(zip(method_rank, chosen["threshold"].fillna(-1.0), strict=True))
+    runs = runs.merge(chosen[["cell", "label", "__opt"]], on="cell", how="inner")
+    curves = load_curves(runs_dir, runs["run_dir"], ("step", "train_loss", "val_loss"))
+    if curves.empty:
+        raise FigureSkipped("the selected runs have no readable metrics")
+    curves = curves.merge(runs[["run_dir", "label", "__opt"]], on="run_dir", how="inner")
+    curves["label"] = _obj(curves["label"])
+    opts = list(dict.fromkeys(chosen["__opt"]))
+    labels_all = list(dict.fromkeys(chosen["label"]))
+    colors = sns.color_palette("tab10", max(10, len(labels_all)))
+    palette = {lab: tuple(colors[i % len(colors)]) for i, lab in enumerate(labels_all)}
+    tidy = []
+    with _style():
+        fig = Figure(figsize=(10.5, 3.3 * len(opts) + 0.6), layout="constrained")
+        axes = fig.subplots(len(opts), 2, squeeze=False)
+        for r, opt in enumerate(opts):
+            sub = curves[curves["__opt"] == opt]
+            mine = chosen[chosen["__opt"] == opt]
+            lr_star = mine["optim.lr"].iloc[0]
+            order = list(dict.fromkeys(mine.sort_values("__order", kind="stable")["label"]))
+            first_vals: list[float] = []
+            low_vals: list[float] = []
+            for c, (value, name) in enumerate(
+                (("train_loss", "training loss"), ("val_loss", "validation loss"))
+            ):
+                ax = axes[r, c]
+                st = curve_stats(sub, value)
+                st["optimizer"] = opt
+                st["metric"] = value
+                tidy.append(st)
+                for lab in order:
+                    s = st[st["label"] == lab]
+                    if s.empty:
+                        continue
+                    col = palette[lab]
+                    n_all = int(s["n"].max())
+                    full = s["mean"].where(s["n"] == n_all)
+                    # evaluations are sparse (every eval_every steps): show each point
+                    marker = "o" if len(s) <= 30 else None
+                    ax.plot(s["step"], full, color=col, label=lab, lw=1.4, marker=marker, ms=4)
+                    if (s["n"] < n_all).any():
+                        ax.plot(s["step"], s["mean"], color=col, lw=1.0, ls=":", alpha=0.8,
+                                marker=marker, ms=3)
+                    full_n = (s["n"] == n_all).to_numpy()
+                    ax.fill_between(
+                        s["step"], s["lo"], s["hi"], where=full_n, color=col, alpha=0.15, lw=0
+                    )
+                    first_vals.append(float(s["mean"].iloc[0]))
+                    low_vals.append(float(s["mean"].min()))
+                ax.set_title(f"{fmt.optimizer(opt)}, lr {fmt.lr(lr_star)}: {name}")
+                ax.set_xlabel("optimizer step")
+                ax.set_ylabel(f"{name} ({NATS})")
+            if first_vals:
+                # cross-entropy is >= 0; cut at 1.3x the initial loss so exploding runs leave
+                top = 1.3 * float(np.nanmax(first_vals))
+                bottom = max(0.0, 0.9 * float(np.nanmin(low_vals)))
+                if np.isfinite(top) and top > bottom:
+                    for c in range(2):
+                        axes[r, c].set_ylim(bottom, top)
+            axes[r, 1].set_xlim(axes[r, 0].get_xlim())  # same steps on both panels
+            handles, labs = axes[r, 0].get_legend_handles_labels()
+            if handles:
+                axes[r, 1].legend(
+                    handles, labs, title="clip setting", loc="upper right", frameon=True
+                )
+        fig.suptitle("Loss curves: mean over seeds with 95% t band")
+    data = pd.concat(tidy, ignore_index=True) if tidy else pd.DataFrame()
+    caption = (
+        "Training (left) and validation (right) cross-entropy vs optimizer step; line = mean "
+        "over seeds, band = 95% t interval. For each optimizer, the largest learning rate at "
+        f"which some clip setting was stable, with up to {MAX_CURVE_CONFIGS} clip settings at "
+        "that rate. The mean at a step is over the runs still finite there: once a seed has "
+        "dropped out by diverging, the line turns dotted (mean of the survivors) and the band "
+        "stops. The y axis is cut at 1.3x the initial loss, so exploding runs leave the plot."
+    )
+    return Plot(fig, data, caption, palette)
+
+
+# --------------------------------------------------------------------------- gradient norms
+
+
+def grad_norm_samples(
+    runs_df: pd.DataFrame,
+    runs_dir: str | os.PathLike[str],
+    max_points: int = MAX_ECDF_POINTS,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Long table (clip_method, kind in {pre, post}, value) of finite positive norms.
+
+    Runs with a verdict only; each (method, kind) group is subsampled without
+    replacement to at most ``max_points`` values (deterministic for ``seed``).
+    """
+    cols = ["clip_method", "kind", "value"]
+    runs = runs_df[runs_df["status"].isin(["completed", "diverged"])]
+    if "clip.method" in runs.columns:
+        methods = _obj(runs["clip.method"]).fillna("unknown")
+    else:  # a config without clip keys: one group
+        methods = pd.Series("all runs", index=runs.index, dtype=object)
+    curves = load_curves(runs_dir, runs["run_dir"], ("step", "grad_norm_pre", "grad_norm_post"))
+    if curves.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    method_of = pd.Series(methods.to_numpy(), index=runs["run_dir"].astype(object).to_numpy())
+    method = _obj(curves["run_dir"]).map(method_of)
+    parts = []
+    rng = np.random.default_rng(seed)
+    for kind, col in (("pre", "grad_norm_pre"), ("post", "grad_norm_post")):
+        v = curves[col].to_numpy(dtype=float)
+        ok = np.isfinite(v) & (v > 0)
+        part = pd.DataFrame(
+            {"clip_method": method[ok].to_numpy(dtype=object), "kind": kind, "value": v[ok]}
+        )
+        for _, sub in part.groupby("clip_method", sort=False):
+            if len(sub) > max_points:
+                sub = sub.iloc[np.sort(rng.choice(len(sub), size=max_points, replace=False))]
+            parts.append(sub)
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    out = pd.concat(parts, ignore_index=True)
+    out["clip_method"] = _obj(out["clip_method"])
+    out["kind"] = _obj(out["kind"])
+    return out
+
+
+def grad_norm_distributions(runs_df: pd.DataFrame, runs_dir: str | os.PathLike[str]) -> Plot:
+    """ECDF of pre- and post-clip global gradient norms per clip method (log x)."""
+    data = grad_norm_samples(runs_df, runs_dir)
+    if data.empty:
+        raise FigureSkipped("no finite positive gradient norms were recorded")
+    methods = _methods(data["clip_method"])
+    palette = clip_palette(methods)
+    with _style():
+        fig = Figure(figsize=(10.5, 4.0), layout="constrained")
+        axes = fig.subplots(1, 2, sharex=True, sharey=True)
+        for ax, kind, name in (
+            (axes[0], "pre", "before clipping"),
+            (axes[1], "post", "after clipping"),
+        ):
+            sub = data[data["kind"] == kind]
+            present = [m for m in methods if (sub["clip_method"] == m).any()]
+            if present:
+                sns.ecdfplot(
+                    data=sub,
+                    x="value",
+                    hue="clip_method",
+                    hue_order=present,
+                    palette={m: palette[m] for m in present},
+                    log_scale=True,
+                    ax=ax,
+                )
+                leg = ax.get_legend()
+                if leg is not None:
+                    leg.set_title("clip method")
+            ax.set_title(f"Gradient norm {name}")
+            ax.set_xlabel("global gradient L2 norm (log scale)")
+            ax.set_ylabel("fraction of optimizer steps (ECDF)")
+        fig.suptitle("Distribution of per-step gradient norms by clip method")
+    caption = (
+        "Empirical CDF of the global L2 gradient norm at every logged optimizer step, before "
+        "(left) and after (right) clipping, pooled over all runs of each clip method (thresholds, "
+        f"learning rates and seeds together; at most {MAX_ECDF_POINTS:,} steps sampled per curve). "
+        "Non-finite norms are left out."
+    )
+    return Plot(fig, data, caption, palette)
+
+
+# --------------------------------------------------------------------------- frontier
+
+
+def frontier(cells_df: pd.DataFrame) -> Plot:
+    """Divergence rate vs mean final bpc, one point per cell."""
+    if cells_df.empty or "final_val_bpc_mean" not in cells_df:
+        raise FigureSkipped("no configuration has any run")
+    data = cells_df[(cells_df["n"] > 0) & cells_df["final_val_bpc_mean"].notna()].copy()
+    if data.empty:
+        raise FigureSkipped(
+            "no configuration has a finished run with a final validation bpc, so there is no "
+            "quality to plot"
+        )
+    omitted = int(((cells_df["n"] > 0) & cells_df["final_val_bpc_mean"].isna()).sum())
+    data["clip_method"] = _obj(data["clip.method"]) if "clip.method" in data else "?"
+    data["optimizer"] = _obj(data["optim.name"].map(fmt.optimizer)) if "optim.name" in data else "?"
+    methods = _methods(data["clip_method"])
+    optimizers = sorted(set(data["optimizer"]))
+    palette = clip_palette(methods)
+    with _style():
+        fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+        ax = fig.subplots()
+        x = data["divergence_rate"].to_numpy(dtype=float)
+        y = data["final_val_bpc_mean"].to_numpy(dtype=float)
+        yl, yh = (
+            data["final_val_bpc_lo"].to_numpy(dtype=float),
+            data["final_val_bpc_hi"].to_numpy(dtype=float),
+        )
+        oky = np.isfinite(yl) & np.isfinite(yh)
+        err = {"fmt": "none", "ecolor": "0.7", "elinewidth": 0.8, "capsize": 2, "zorder": 1}
+        if oky.any():
+            ax.errorbar(x[oky], y[oky], yerr=np.vstack([y[oky] - yl[oky], yh[oky] - y[oky]]), **err)
+        sns.scatterplot(
+            data=data,
+            x="divergence_rate",
+            y="final_val_bpc_mean",
+            hue="clip_method",
+            hue_order=methods,
+            palette=palette,
+            style="optimizer",
+            style_order=optimizers,
+            s=55,
+            edgecolor="white",
+            linewidth=0.5,
+            zorder=3,
+            ax=ax,
+        )
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlabel("divergence rate (fraction of seeds that diverged)")
+        ax.set_ylabel("final validation bpc, mean of finished seeds (bits/char)")
+        ax.set_title("Stability vs quality: one point per configuration")
+        leg = ax.get_legend()
+        if leg is not None:
+            for t in leg.get_texts():
+                if t.get_text() == "clip_method":
+                    t.set_text("clip method")
+    caption = (
+        "Each point is one configuration (optimizer, clip setting, learning rate): its divergence "
+        "rate (x) against the mean final validation bpc of its finished seeds (y; grey bar = 95% t "
+        "interval, shown with 2+ finished seeds). The rates' Wilson intervals are in the "
+        "configurations table. Lower left is better."
+        + (
+            f" {omitted} configuration(s) where no seed finished have no y value and are not shown."
+            if omitted
+            else ""
+        )
+    )
+    return Plot(fig, data, caption, palette)
+
+
+# --------------------------------------------------------------------------- driver
+
+_TITLES = {
+    "divergence_heatmap": "Divergence rate",
+    "bpc_heatmap": "Final validation bits per character",
+    "loss_curves": "Loss curves",
+    "grad_norms": "Gradient-norm distributions",
+    "frontier": "Stability–quality frontier",
+}
+
+
+def _save(fig: Figure, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    os.replace(tmp, path)
+
+
+def make_figures(
+    runs_df: pd.DataFrame,
+    cells_df: pd.DataFrame,
+    stable_df: pd.DataFrame,
+    runs_dir: str | os.PathLike[str],
+    fig_dir: str | os.PathLike[str],
+) -> list[FigureResult]:
+    """Draw every figure into ``fig_dir``; a figure that cannot be drawn becomes a note.
+
+    A PNG left from an earlier render of a figure that is now skipped is removed, so a
+    directory never shows a stale figure.
+    """
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "divergence_heatmap": lambda: divergence_heatmap(cells_df),
+        "bpc_heatmap": lambda: bpc_heatmap(cells_df),
+        "loss_curves": lambda: loss_curves(runs_df, cells_df, stable_df, runs_dir),
+        "grad_norms": lambda: grad_norm_distributions(runs_df, runs_dir),
+        "frontier": lambda: frontier(cells_df),
+    }
+    results = []
+    for name in FIGURE_NAMES:
+        path = fig_dir / f"{name}.png"
+        try:
+            plot = builders[name]()
+        except FigureSkipped as exc:
+            path.unlink(missing_ok=True)
+            results.append(FigureResult(name, _TITLES[name], "", note=f"skipped: {exc}"))
+            continue
+        except Exception as exc:  # a figure must not cost the whole report  # noqa: BLE001
+            path.unlink(missing_ok=True)
+            warnings.warn(f"figure {name} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+            results.append(
+                FigureResult(name, _TITLES[name], "", note=f"failed: {type(exc).__name__}: {exc}")
+            )
+            continue
+        _save(plot.figure, path)
+        results.append(FigureResult(name, _TITLES[name], plot.caption, path=path))
+    return results

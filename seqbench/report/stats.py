@@ -1,0 +1,429 @@
+"""Statistics for reports: interval estimates, per-configuration cells, stable learning rates.
+
+Why this module exists: a sweep gives a handful of seeds per configuration, so every
+rate and mean in a report must carry its sample size and an interval, and a missing
+value (a diverged run has no final loss) must stay missing. Everything here is a pure
+function of tables; nothing reads files or draws.
+
+The Student t quantiles come from scipy; tests pin them to published table values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import t as student_t
+
+from seqbench.config import NON_EXPERIMENT_KEYS
+from seqbench.report.collect import RUN_COLUMNS
+
+#: Two-sided 95% standard-normal quantile, the z of the Wilson interval.
+Z95 = 1.959964
+
+#: Config keys that do not change what is measured (where it ran, how it printed), so
+#: runs that differ only in them belong to the same cell (the sweep uses the same list).
+NON_EXPERIMENT_PREFIXES: tuple[str, ...] = NON_EXPERIMENT_KEYS
+
+#: Columns the report adds to a runs table; they are never config keys.
+DERIVED_COLUMNS: tuple[str, ...] = ("threshold", "cell")
+
+#: The statistics columns of a cells table, in display order.
+STAT_COLUMNS: tuple[str, ...] = (
+    "n",
+    "n_incomplete",
+    "n_finished",
+    "n_diverged",
+    "divergence_rate",
+    "divergence_rate_lo",
+    "divergence_rate_hi",
+    "n_nonfinite",
+    "nan_rate",
+    "nan_rate_lo",
+    "nan_rate_hi",
+    "final_val_bpc_mean",
+    "final_val_bpc_lo",
+    "final_val_bpc_hi",
+    "median_divergence_step",
+    "grad_norm_pre_median",
+    "clip_fraction",
+    "tokens_per_second",
+)
+
+#: Columns that lead a cells table (when present), because a reader scans them first.
+LEADING_KEYS: tuple[str, ...] = ("optim.name", "clip.method", "threshold", "optim.lr")
+
+#: Display order of clip methods; unknown methods sort after these, alphabetically.
+CLIP_METHOD_ORDER: tuple[str, ...] = ("none", "value", "norm", "norm_relative")
+
+_VERDICT = ("completed", "diverged")
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def wilson_interval(
+    k: float | np.ndarray | Sequence[float],
+    n: float | np.ndarray | Sequence[float],
+    z: float = Z95,
+) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """Wilson score interval for a binomial proportion k/n.
+
+    Chosen over the normal (Wald) interval because sweeps have 1-10 seeds per cell and
+    rates of exactly 0 or 1 are common; Wald collapses to a zero-width interval there.
+    n == 0 gives (nan, nan): no runs, no information. Works elementwise on arrays;
+    scalars in, floats out.
+    """
+    k_arr = np.asarray(k, dtype=float)
+    n_arr = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k_arr / n_arr
+        z2 = z * z
+        denom = 1.0 + z2 / n_arr
+        centre = (p + z2 / (2.0 * n_arr)) / denom
+        half = (z / denom) * np.sqrt(p * (1.0 - p) / n_arr + z2 / (4.0 * n_arr * n_arr))
+        lo = np.clip(centre - half, 0.0, 1.0)
+        hi = np.clip(centre + half, 0.0, 1.0)
+    # The closed form gives exactly 0 / 1 at k = 0 / k = n; remove rounding residue.
+    lo = np.where(k_arr <= 0, 0.0, lo)
+    hi = np.where(k_arr >= n_arr, 1.0, hi)
+    empty = ~(n_arr > 0)
+    lo = np.where(empty, np.nan, lo)
+    hi = np.where(empty, np.nan, hi)
+    if lo.ndim == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Cumulative distribution function of Student's t with ``df`` degrees of freedom."""
+    if not df > 0 or math.isnan(t):
+        return math.nan
+    return float(student_t.cdf(t, df))
+
+
+def t_ppf(p: float | np.ndarray, df: float | np.ndarray) -> float | np.ndarray:
+    """Quantile (inverse CDF) of Student's t; elementwise over arrays.
+
+    df may be non-integer or ``inf`` (the normal quantile). Invalid input (p outside
+    (0, 1), df <= 0 or NaN) gives NaN rather than an exception, so it can be applied to
+    whole columns where some cells have too few runs.
+    """
+    p_arr, df_arr = np.broadcast_arrays(np.asarray(p, dtype=float), np.asarray(df, dtype=float))
+    valid = (p_arr > 0) & (p_arr < 1) & (df_arr > 0)
+    out = np.full(p_arr.shape, np.nan)
+    if valid.any():
+        out[valid] = student_t.ppf(p_arr[valid], df_arr[valid])
+    return float(out) if out.ndim == 0 else out
+
+
+def t_interval_from_summary(
+    mean: np.ndarray | Sequence[float] | float,
+    std: np.ndarray | Sequence[float] | float,
+    n: np.ndarray | Sequence[float] | float,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided t interval for a mean from (mean, sample std with ddof=1, n).
+
+    n < 2 gives (nan, nan): one value says nothing about its spread.
+    """
+    mean_a = np.asarray(mean, dtype=float)
+    std_a = np.asarray(std, dtype=float)
+    n_a = np.asarray(n, dtype=float)
+    q = np.asarray(t_ppf(0.5 + level / 2.0, np.where(n_a >= 2, n_a - 1.0, np.nan)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half = q * std_a / np.sqrt(n_a)
+    ok = n_a >= 2
+    return np.where(ok, mean_a - half, np.nan), np.where(ok, mean_a + half, np.nan)
+
+
+def mean_t_interval(
+    values: Sequence[float] | np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of the non-missing values with a two-sided Student-t interval.
+
+    Returns (mean, lo, hi). NaN entries are missing data and are dropped, never
+    filled in. One value: (value, nan, nan). None: (nan, nan, nan).
+    """
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    n = arr.size
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(arr.mean())
+    if n == 1:
+        return mean, math.nan, math.nan
+    lo, hi = t_interval_from_summary(mean, arr.std(ddof=1), n, level)
+    return mean, float(lo), float(hi)
+
+
+def config_columns(runs_df: pd.DataFrame) -> list[str]:
+    """The config keys of a runs table: every column that is not a run-level field."""
+    skip = set(RUN_COLUMNS) | set(DERIVED_COLUMNS)
+    return [c for c in runs_df.columns if c not in skip]
+
+
+def cell_key_columns(runs_df: pd.DataFrame) -> list[str]:
+    """Config keys that define an experimental cell: all but ``seed`` and non-experiment keys."""
+    return [
+        c
+        for c in config_columns(runs_df)
+        if c != "seed" and not any(c.startswith(p) for p in NON_EXPERIMENT_PREFIXES)
+    ]
+
+
+def threshold(df: pd.DataFrame) -> pd.Series:
+    """The clip threshold as one numeric column.
+
+    ``clip.max_norm`` for norm clipping, ``clip.clip_value`` for value clipping, NaN
+    for ``none`` and for any method without a single threshold. Missing columns are
+    tolerated (a sweep without value clipping has no ``clip.clip_value``).
+    """
+    nan = pd.Series(np.nan, index=df.index, dtype=float)
+    if "clip.method" not in df.columns:
+        return nan
+    method = df["clip.method"].astype(object)
+    max_norm = pd.to_numeric(df["clip.max_norm"], errors="coerce") if "clip.max_norm" in df else nan
+    clip_value = (
+        pd.to_numeric(df["clip.clip_value"], errors="coerce") if "clip.clip_value" in df else nan
+    )
+    out = nan.copy()
+    out = out.mask(method.isin(["norm", "norm_relative"]), max_norm.astype(float))
+    out = out.mask(method == "value", clip_value.astype(float))
+    return out.astype(float).rename("threshold")
+
+
+def cell_index(runs_df: pd.DataFrame) -> pd.Series:
+    """Integer cell id for every run (same key columns as :func:`cells`).
+
+    Deterministic for a given table, so figures can map runs to the cells table.
+    """
+    keys = cell_key_columns(runs_df)
+    if runs_df.empty:
+        return pd.Series([], index=runs_df.index, dtype="int64", name="cell")
+    if not keys:
+        return pd.Series(0, index=runs_df.index, dtype="int64", name="cell")
+    gid = runs_df[keys].astype(object).groupby(keys, dropna=False, sort=False).ngroup()
+    return gid.astype("int64").rename("cell")
+
+
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    if col not in df.columns:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[col], errors="coerce").astype(float)
+
+
+def _method_rank(values: pd.Series) -> pd.Series:
+    order = {m: i for i, m in enumerate(CLIP_METHOD_ORDER)}
+    return values.astype(object).map(lambda m: order.get(m, len(order))).astype(int)
+
+
+def sort_cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Sort a cells-like table by its keys (clip methods in :data:`CLIP_METHOD_ORDER`)."""
+    if df.empty:
+        return df.reset_index(drop=True)
+    tmp = df.copy()
+    sort_cols: list[str] = []
+    for k in keys:
+        if k not in tmp.columns:
+            continue
+        if k == "clip.method":
+            tmp["__rank_method"] = _method_rank(tmp[k])
+            sort_cols.append("__rank_method")
+        col = tmp[k]
+        if not pd.api.types.is_numeric_dtype(col):
+            numeric = pd.to_numeric(col, errors="coerce")
+            if numeric.notna().sum() == col.notna().sum():
+                col = numeric
+            else:
+                col = col.astype(object).map(lambda v: "" if v is None or v != v else str(v))
+        tmp[f"__sort_{k}"] = col
+        sort_cols.append(f"__sort_{k}")
+    if sort_cols:
+        tmp = tmp.sort_values(sort_cols, kind="stable", na_position="first")
+    return tmp.drop(columns=[c for c in tmp.columns if c.startswith("__")]).reset_index(drop=True)
+
+
+def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate runs over seeds: one row per configuration cell.
+
+    Counts and rates use only runs that reached a verdict (``completed`` or
+    ``diverged``); runs still ``running`` or stopped by ``interrupted``/``error`` are
+    counted in ``n_incomplete`` and nowhere else. Rates come with Wilson intervals,
+    ``final_val_bpc_mean`` with a t interval over completed runs with a value; where
+    no run finished the mean is NaN (never imputed), and with one finished run the
+    interval is NaN. ``n_nonfinite`` counts runs that ever saw a NaN/Inf
+    (``first_nonfinite_step`` set or ``divergence == "nonfinite"``), even when a
+    ``skip`` policy let the run complete; ``n_diverged`` counts status ``diverged`` of
+    either kind. ``median_divergence_step`` is over diverged runs: the run's
+    ``divergence_step`` where the writer recorded one, else the first non-finite step,
+    else ``steps_completed`` (exploded runs).
+    """
+    keys = cell_key_columns(runs_df)
+    leading = [k for k in LEADING_KEYS if k in keys or k == "threshold"]
+    other = sorted(k for k in keys if k not in LEADING_KEYS)
+    key_order = leading + other
+    out_cols = ["cell", *key_order, *STAT_COLUMNS]
+    if runs_df.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in out_cols})
+
+    df = runs_df.copy()
+    df["threshold"] = threshold(df)
+    df["cell"] = cell_index(df)
+    status = df["status"].astype(object)
+    verdict = status.isin(_VERDICT)
+    diverged = status == "diverged"
+    completed = status == "completed"
+    first_nf = _num(df, "first_nonfinite_step")
+    div_at = _num(df, "divergence_step")
+    divergence = (
+        df["divergence"].astype(object) if "divergence" in df else pd.Series(None, index=df.index)
+    )
+    nonfinite = verdict & (first_nf.notna() | (divergence == "nonfinite"))
+    steps = _num(df, "steps_completed")
+
+    work = pd.DataFrame(
+        {
+            "cell": df["cell"],
+            "verdict": verdict.astype(int),
+            "incomplete": (~verdict).astype(int),
+            "finished": completed.astype(int),
+            "diverged": diverged.astype(int),
+            "nonfinite": nonfinite.astype(int),
+            "bpc": _num(df, "final_val_bpc").where(completed),
+            "div_step": div_at.fillna(first_nf).fillna(steps).where(diverged),
+            "gn": _num(df, "grad_norm_pre_median").where(verdict),
+            "clipf": _num(df, "clip_fraction").where(verdict),
+            "tps": _num(df, "tokens_per_second").where(verdict),
+        }
+    )
+    g = work.groupby("cell", sort=True)
+    agg = g.agg(
+        n=("verdict", "sum"),
+        n_incomplete=("incomplete", "sum"),
+        n_finished=("finished", "sum"),
+        n_diverged=("diverged", "sum"),
+        n_nonfinite=("nonfinite", "sum"),
+        bpc_mean=("bpc", "mean"),
+        bpc_std=("bpc", "std"),
+        bpc_count=("bpc", "count"),
+        median_divergence_step=("div_step", "median"),
+        grad_norm_pre_median=("gn", "median"),
+        clip_fraction=("clipf", "mean"),
+        tokens_per_second=("tps", "mean"),
+    )
+    firsts = df.groupby("cell", sort=True)[[*keys, "threshold"]].first() if keys else None
+
+    n = agg["n"].to_numpy(dtype=float)
+    out = pd.DataFrame(index=agg.index)
+    out["cell"] = agg.index.to_numpy()
+    if firsts is not None:
+        # .first() skips NaN; a key that is NaN in some runs of a cell is NaN in all.
+        for k in key_order:
+            out[k] = firsts[k]
+    else:
+        out["threshold"] = df.groupby("cell", sort=True)["threshold"].first()
+    for c in ("n", "n_incomplete", "n_finished", "n_diverged", "n_nonfinite"):
+        out[c] = agg[c].astype("int64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["divergence_rate"] = np.where(n > 0, agg["n_diverged"] / np.where(n > 0, n, 1), np.nan)
+        out["nan_rate"] = np.where(n > 0, agg["n_nonfinite"] / np.where(n > 0, n, 1), np.nan)
+    out["divergence_rate_lo"], out["divergence_rate_hi"] = wilson_interval(agg["n_diverged"], n)
+    out["nan_rate_lo"], out["nan_rate_hi"] = wilson_interval(agg["n_nonfinite"], n)
+    out["final_val_bpc_mean"] = agg["bpc_mean"].where(agg["bpc_count"] > 0)
+    lo, hi = t_interval_from_summary(agg["bpc_mean"], agg["bpc_std"], agg["bpc_count"])
+    out["final_val_bpc_lo"] = lo
+    out["final_val_bpc_hi"] = hi
+    for c in (
+        "median_divergence_step",
+        "grad_norm_pre_median",
+        "clip_fraction",
+        "tokens_per_second",
+    ):
+        out[c] = agg[c].astype(float)
+    out = out[[c for c in out_cols if c in out.columns]]
+    return sort_cells(out, key_order)
+
+
+def varying_within(df: pd.DataFrame, by: Sequence[str], candidates: Sequence[str]) -> list[str]:
+    """The ``candidates`` that take more than one value among rows sharing the same ``by``.
+
+    Used to tell which config keys distinguish rows beyond the usual coordinates
+    (optimizer, clip method, threshold, lr) - e.g. a sweep over model sizes - while
+    keys that merely follow the optimizer (``optim.momentum`` is NaN for Adam) do not.
+    """
+    by = [c for c in by if c in df.columns]
+    cand = [c for c in candidates if c in df.columns and c not in by]
+    if df.empty or not cand:
+        return []
+    tmp = df[by + cand].astype(object)
+    if not by:
+        return [c for c in cand if tmp[c].nunique(dropna=False) > 1]
+    g = tmp.groupby(by, dropna=False, sort=False)
+    return [c for c in cand if (g[c].nunique(dropna=False) > 1).any()]
+
+
+def _lsl_group_columns(cells_df: pd.DataFrame) -> list[str]:
+    skip = set(STAT_COLUMNS) | {"cell", "optim.lr", "clip.max_norm", "clip.clip_value"}
+    cols = [c for c in cells_df.columns if c not in skip]
+    lead = [c for c in ("optim.name", "clip.method", "threshold") if c in cols]
+    return lead + [c for c in cols if c not in lead]
+
+
+def largest_stable_lr(cells_df: pd.DataFrame) -> pd.DataFrame:
+    """Per (optim.name, clip.method, threshold): the largest learning rate with no divergence.
+
+    A learning rate is stable when its cell has at least one run with a verdict and
+    none of them diverged (n >= 1 and n_diverged == 0). Every other non-statistic
+    column of ``cells_df`` is also a grouping key, so settings that differ in, say,
+    model size are never merged. Columns: the group keys, ``largest_stable_lr`` (NaN
+    when no lr was stable), ``n_at_largest_stable`` (seeds behind that verdict),
+    ``smallest_diverged_lr`` (NaN when none diverged), ``n_lrs`` (lrs with n >= 1).
+    If ``smallest_diverged_lr < largest_stable_lr`` the outcome was not monotone in lr.
+    """
+    group_cols = _lsl_group_columns(cells_df)
+    out_cols = [
+        *group_cols,
+        "largest_stable_lr",
+        "n_at_largest_stable",
+        "smallest_diverged_lr",
+        "n_lrs",
+    ]
+    if cells_df.empty or "optim.lr" not in cells_df.columns:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in out_cols})
+    df = cells_df.copy()
+    lr = pd.to_numeric(df["optim.lr"], errors="coerce").astype(float)
+    n = pd.to_numeric(df["n"], errors="coerce").fillna(0)
+    nd = pd.to_numeric(df["n_diverged"], errors="coerce").fillna(0)
+    stable = (n >= 1) & (nd == 0)
+    if group_cols:
+        gid = df[group_cols].astype(object).groupby(group_cols, dropna=False, sort=False).ngroup()
+    else:
+        gid = pd.Series(0, index=df.index)
+    work = pd.DataFrame(
+        {
+            "gid": gid,
+            "lr_stable": lr.where(stable),
+            "lr_div": lr.where(nd > 0),
+            "tested": (n >= 1).astype(int),
+            "n": n,
+            "lr": lr,
+        }
+    )
+    agg = work.groupby("gid", sort=True).agg(
+        largest_stable_lr=("lr_stable", "max"),
+        smallest_diverged_lr=("lr_div", "min"),
+        n_lrs=("tested", "sum"),
+    )
+    best = work[stable].sort_values(["gid", "lr"], kind="stable").groupby("gid").tail(1)
+    agg["n_at_largest_stable"] = best.set_index("gid")["n"].reindex(agg.index)
+    if group_cols:
+        keys = df.assign(gid=gid).groupby("gid", sort=True)[group_cols].first()
+        out = pd.concat([keys, agg], axis=1)
+    else:
+        out = agg
+    out["n_lrs"] = out["n_lrs"].astype("int64")
+    out = out[out_cols]
+    return sort_cells(out, group_cols)

@@ -1,0 +1,343 @@
+"""Synthetic run directories that follow the run-directory contract.
+
+Why: report code must be tested (and benchmarked on ~1,000 runs) without training
+anything. The generator writes exactly what a sweep writes - ``summary.json``,
+``metrics.parquet``, ``.hydra/`` - for a grid of optimizers x clip settings x learning
+rates x seeds, with a simple stability model so that divergence depends on the
+learning rate and on clipping the way it does in practice (clipping raises the largest
+stable learning rate; tighter thresholds cost a little quality). It is deterministic
+for a given ``seed`` and vectorised over runs and steps; the only Python loop is the
+one that writes files.
+
+``defects=True`` adds the broken directories a real sweep leaves behind: a
+``summary.json`` that is not JSON, one missing required keys, a truncated
+``metrics.parquet``, a run still ``running`` and one that stopped with ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_LRS: dict[str, tuple[float, ...]] = {
+    "sgd": (0.1, 0.5, 2.0, 8.0),
+    "adam": (0.001, 0.01, 0.1),
+}
+#: (method, threshold); the method sizes differ (1, 2, 3) on purpose, so a figure that
+#: mixes up groups shows different counts.
+DEFAULT_CLIPS: tuple[tuple[str, float | None], ...] = (
+    ("none", None),
+    ("value", 0.5),
+    ("value", 2.0),
+    ("norm", 0.25),
+    ("norm", 1.0),
+    ("norm", 4.0),
+)
+#: Learning rate above which an unclipped run diverges (before per-seed jitter).
+_CRITICAL_LR = {"sgd": 0.6, "adam": 0.015}
+#: Learning rate of the best final quality.
+_BEST_LR = {"sgd": 1.0, "adam": 0.01}
+_VOCAB = 65
+_SEQ_LEN = 64
+_BATCH = 16
+
+
+@dataclass
+class SyntheticSweep:
+    """What :func:`write_synthetic_sweep` wrote.
+
+    ``truth``: one row per well-formed finished run (completed or diverged) with the
+    summary fields and the flat config, as a reader should find them.
+    ``corrupt``: relative dir -> defect kind. ``incomplete``: relative dir -> status.
+    """
+
+    root: Path
+    truth: pd.DataFrame
+    corrupt: dict[str, str] = field(default_factory=dict)
+    incomplete: dict[str, str] = field(default_factory=dict)
+
+
+def _clip_factor(method: str, thr: float | None) -> float:
+    if method == "norm" and thr:
+        return 8.0 / thr
+    if method == "value" and thr:
+        return 4.0 / thr
+    return 1.0
+
+
+def _config(
+    opt: str, lr: float, method: str, thr: float | None, seed: int, steps: int, eval_every: int
+) -> dict:
+    cfg: dict[str, object] = {
+        "task.name": "synthetic-chars",
+        "task.seq_len": _SEQ_LEN,
+        "task.batch_size": _BATCH,
+        "model.cell": "lstm",
+        "model.hidden_size": 32,
+        "model.num_layers": 1,
+        "optim.name": opt,
+        "optim.lr": lr,
+        "clip.method": method,
+        "trainer.max_steps": steps,
+        "trainer.eval_every": eval_every,
+        "trainer.log_every": 10,
+        "trainer.device": "cpu",
+        "seed": seed,
+    }
+    if opt == "sgd":
+        cfg["optim.momentum"] = 0.9
+    if method == "value":
+        cfg["clip.clip_value"] = thr
+    if method == "norm":
+        cfg["clip.max_norm"] = thr
+        cfg["clip.norm_type"] = 2.0
+        cfg["clip.scope"] = "global"
+    return cfg
+
+
+def _none_if_nan(x: float) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=1, allow_nan=False), encoding="utf-8")
+
+
+def _metrics_table(cols: dict[str, np.ndarray], is_eval: np.ndarray) -> pa.Table:
+    arrays = {
+        "step": pa.array(cols["step"], pa.int64()),
+        "tokens": pa.array(cols["tokens"], pa.int64()),
+        "train_loss": pa.array(cols["train_loss"], pa.float32()),
+        "grad_norm_pre": pa.array(cols["grad_norm_pre"], pa.float32()),
+        "grad_norm_post": pa.array(cols["grad_norm_post"], pa.float32()),
+        "clipped": pa.array(cols["clipped"], pa.bool_()),
+        "lr": pa.array(cols["lr"], pa.float32()),
+        "nonfinite": pa.array(cols["nonfinite"], pa.bool_()),
+        "wall_s": pa.array(cols["wall_s"], pa.float32()),
+        "val_loss": pa.array(cols["val_loss"], pa.float32(), mask=~is_eval),
+        "val_bpc": pa.array(cols["val_bpc"], pa.float32(), mask=~is_eval),
+    }
+    return pa.table(arrays)
+
+
+def write_synthetic_sweep(
+    root: str | os.PathLike[str],
+    *,
+    optimizers: Sequence[str] = ("sgd", "adam"),
+    lrs: Mapping[str, Sequence[float]] | Sequence[float] | None = None,
+    clips: Sequence[tuple[str, float | None]] = DEFAULT_CLIPS,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int = 60,
+    eval_every: int = 20,
+    seed: int = 0,
+    defects: bool = True,
+    hydra: bool = True,
+    stability: float = 1.0,
+) -> SyntheticSweep:
+    """Write a synthetic sweep under ``root`` and return what was written.
+
+    Runs are ``root/NNNN/``; defect directories are ``root/extra/<kind>/``.
+    ``lrs`` is one list for every optimizer or a mapping optimizer -> list.
+    ``stability`` scales every critical learning rate (0.001 makes almost every run
+    diverge, 1000 makes none diverge), for degenerate-input tests.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if lrs is None:
+        lr_map = {o: tuple(DEFAULT_LRS.get(o, (0.01, 0.1))) for o in optimizers}
+    elif isinstance(lrs, Mapping):
+        lr_map = {o: tuple(lrs[o]) for o in optimizers}
+    else:
+        lr_map = {o: tuple(lrs) for o in optimizers}
+
+    grid = [
+        (o, lr, m, t, s) for o in optimizers for lr in lr_map[o] for (m, t) in clips for s in seeds
+    ]
+    n_runs, T = len(grid), int(steps)
+    rng = np.random.default_rng(seed)
+    opt = np.array([g[0] for g in grid], dtype=object)
+    lr = np.array([g[1] for g in grid], dtype=float)
+    method = np.array([g[2] for g in grid], dtype=object)
+    thr = np.array([np.nan if g[3] is None else g[3] for g in grid], dtype=float)
+
+    crit = np.array([_CRITICAL_LR.get(o, 0.1) for o in opt]) * stability
+    crit *= np.array([_clip_factor(g[2], g[3]) for g in grid])
+    crit *= np.exp(0.8 * rng.standard_normal(n_runs))
+    diverged = lr > crit
+    nonfinite = diverged & (rng.random(n_runs) < 0.6)
+    div_step = np.clip((T * rng.uniform(0.2, 0.9, n_runs)).astype(int), 2, T)
+    length = np.where(diverged, div_step, T)
+
+    best_lr = np.array([_BEST_LR.get(o, 0.01) for o in opt])
+    tight = np.where(np.isnan(thr), 0.0, 0.02 / np.where(np.isnan(thr), 1.0, thr))
+    final_bpc = (
+        1.45 + 0.25 * np.log10(lr / best_lr) ** 2 + tight + 0.02 * rng.standard_normal(n_runs)
+    )
+    final_loss = final_bpc * math.log(2)
+
+    s = np.arange(1, T + 1, dtype=float)[None, :]
+    tau = max(T / 5.0, 1.0)
+    l0 = math.log(_VOCAB)
+    loss = final_loss[:, None] + (l0 - final_loss[:, None]) * np.exp(-s / tau)
+    loss = loss + 0.04 * rng.standard_normal((n_runs, T))
+    g0 = np.where(opt == "sgd", 2.0, 1.0)[:, None] * (1.0 + 2.0 * np.exp(-s / tau))
+    gpre = g0 * np.exp(0.5 * rng.standard_normal((n_runs, T)))
+    gpre = np.where(rng.random((n_runs, T)) < 0.03, gpre * 10.0, gpre)
+    # runaway before divergence: loss and gradient norm grow over the last steps
+    before = (length[:, None] - s).clip(0, None)
+    ramp = np.where(diverged[:, None], np.exp(np.clip(6.0 - before, 0.0, None)), 1.0)
+    loss = loss * np.where(diverged[:, None], np.sqrt(ramp), 1.0)
+    gpre = gpre * ramp**2
+    last = s == length[:, None]
+    loss = np.where(nonfinite[:, None] & last, np.nan, loss)
+    gpre = np.where(nonfinite[:, None] & last, np.inf, gpre)
+    cap = np.where(method == "norm", thr, np.where(method == "value", 3.0 * thr, np.inf))[:, None]
+    gpost = np.minimum(gpre, cap)
+    gpost = np.where(np.isfinite(gpre), gpost, np.nan)
+    clipped = np.isfinite(gpre) & (gpost < gpre)
+    nf_step = np.isnan(loss) | ~np.isfinite(gpre)
+    is_eval = ((s % eval_every) == 0) | (s == T)
+    val_loss = loss + 0.03
+    val_bpc = val_loss / math.log(2)
+    step_time = 0.01 * np.exp(0.1 * rng.standard_normal(n_runs))
+
+    valid = s <= length[:, None]
+    finite_g = np.where(valid & np.isfinite(gpre), gpre, np.nan)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are expected
+        g_med = np.nanmedian(finite_g, axis=1)
+        g_p99 = np.nanpercentile(finite_g, 99, axis=1)
+        g_max = np.nanmax(finite_g, axis=1)
+        evals_reached = np.where(valid & is_eval & np.isfinite(val_bpc), val_bpc, np.nan)
+        best_bpc = np.nanmin(evals_reached, axis=1)
+    clip_frac = (clipped & valid).sum(axis=1) / length
+
+    truth_rows: list[dict] = []
+    for i, (o, lr_i, m, t, sd) in enumerate(grid):
+        rel = f"{i:04d}"
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        n = int(length[i])
+        status = "diverged" if diverged[i] else "completed"
+        divergence = None if not diverged[i] else ("nonfinite" if nonfinite[i] else "exploded")
+        cfg = _config(o, lr_i, m, t, sd, T, eval_every)
+        wall = float(n * step_time[i])
+        summary = {
+            "schema_version": 1,
+            "status": status,
+            "divergence": divergence,
+            "first_nonfinite_step": n if nonfinite[i] else None,
+            "steps_completed": n,
+            "tokens_seen": n * _SEQ_LEN * _BATCH,
+            "final_train_loss": None if diverged[i] else float(loss[i, T - 1]),
+            "final_val_loss": None if diverged[i] else float(val_loss[i, T - 1]),
+            "final_val_bpc": None if diverged[i] else float(val_bpc[i, T - 1]),
+            "best_val_bpc": _none_if_nan(best_bpc[i]),
+            "grad_norm_pre": None
+            if math.isnan(g_med[i])
+            else {"median": float(g_med[i]), "p99": float(g_p99[i]), "max": float(g_max[i])},
+            "clip_fraction": float(clip_frac[i]),
+            "skipped_steps": 0,
+            "wall_seconds": wall,
+            "tokens_per_second": n * _SEQ_LEN * _BATCH / wall,
+            "config": cfg,
+            "env": {"torch": "synthetic", "python": "3", "device": "cpu"},
+            "error": None,
+        }
+        cols = {
+            "step": np.arange(1, n + 1),
+            "tokens": np.arange(1, n + 1) * _SEQ_LEN * _BATCH,
+            "train_loss": loss[i, :n],
+            "grad_norm_pre": gpre[i, :n],
+            "grad_norm_post": gpost[i, :n],
+            "clipped": clipped[i, :n],
+            "lr": np.full(n, lr_i),
+            "nonfinite": nf_step[i, :n],
+            "wall_s": np.arange(1, n + 1) * step_time[i],
+            "val_loss": val_loss[i, :n],
+            "val_bpc": val_bpc[i, :n],
+        }
+        pq.write_table(_metrics_table(cols, is_eval[0, :n]), d / "metrics.parquet")
+        _write_json(d / "summary.json", summary)
+        if hydra:
+            (d / ".hydra").mkdir(exist_ok=True)
+            overrides = [f"optim={o}", f"optim.lr={lr_i}", f"clip={m}", f"seed={sd}"]
+            (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {x}\n" for x in overrides))
+        row = {k: v for k, v in summary.items() if k not in ("config", "env", "grad_norm_pre")}
+        for k in ("median", "p99", "max"):
+            row[f"grad_norm_pre_{k}"] = (summary["grad_norm_pre"] or {}).get(k)
+        truth_rows.append({"run_dir": rel, **row, **cfg})
+
+    sweep = SyntheticSweep(root=root, truth=pd.DataFrame(truth_rows))
+    if defects and grid:
+        _write_defects(sweep, template=0)
+    return sweep
+
+
+def _write_defects(sweep: SyntheticSweep, template: int) -> None:
+    """Copy run ``template`` into the broken shapes a real sweep leaves behind."""
+    root = sweep.root
+    src = root / f"{template:04d}"
+    summary = json.loads((src / "summary.json").read_text())
+    metrics = (src / "metrics.parquet").read_bytes()
+    summary["config"] = {**summary["config"], "seed": 1000}
+
+    def make(kind: str) -> Path:
+        d = root / "extra" / kind
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    d = make("bad_json")
+    (d / "summary.json").write_text(json.dumps(summary)[:80])
+    (d / "metrics.parquet").write_bytes(metrics)
+    sweep.corrupt["extra/bad_json"] = "bad_json"
+
+    d = make("missing_keys")
+    _write_json(
+        d / "summary.json", {k: v for k, v in summary.items() if k not in ("status", "config")}
+    )
+    (d / "metrics.parquet").write_bytes(metrics)
+    sweep.corrupt["extra/missing_keys"] = "missing_keys"
+
+    d = make("truncated_parquet")
+    _write_json(d / "summary.json", summary)
+    (d / "metrics.parquet").write_bytes(metrics[: len(metrics) // 2])
+    sweep.corrupt["extra/truncated_parquet"] = "truncated_parquet"
+
+    d = make("running")
+    running = {
+        **summary,
+        "status": "running",
+        "divergence": None,
+        "first_nonfinite_step": None,
+        "final_train_loss": None,
+        "final_val_loss": None,
+        "final_val_bpc": None,
+        "best_val_bpc": None,
+        "config": {**summary["config"], "seed": 1001},
+    }
+    _write_json(d / "summary.json", running)
+    table = pq.read_table(src / "metrics.parquet")
+    pq.write_table(table.slice(0, max(1, table.num_rows // 2)), d / "metrics.parquet")
+    sweep.incomplete["extra/running"] = "running"
+
+    d = make("error")
+    error = {
+        **running,
+        "status": "error",
+        "error": "RuntimeError: synthetic failure",
+        "config": {**summary["config"], "seed": 1002},
+    }
+    _write_json(d / "summary.json", error)  # no metrics: it died before the first flush
+    sweep.incomplete["extra/error"] = "error"

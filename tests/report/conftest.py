@@ -1,0 +1,37 @@
+"""Shared fixtures: one synthetic sweep (written once per session) and its report."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqbench.report import make_report
+from seqbench.report.collect import collect_runs
+from seqbench.report.stats import cells, largest_stable_lr
+from seqbench.report.synthetic import write_synthetic_sweep
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    """126 well-formed runs (2 optimizers x 3-4 lrs x 6 clip settings x 3 seeds) + 5 defects."""
+    return write_synthetic_sweep(tmp_path_factory.mktemp("runs"), steps=40, eval_every=10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def collected(sweep):
+    return collect_runs(sweep.root)
+
+
+@pytest.fixture(scope="session")
+def cells_df(collected):
+    return cells(collected.runs)
+
+
+@pytest.fixture(scope="session")
+def stable_df(cells_df):
+    return largest_stable_lr(cells_df)
+
+
+@pytest.fixture(scope="session")
+def report(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return make_report(sweep.root, out)

@@ -1,0 +1,191 @@
+"""Sweeps: grid expansion, job names, skipping finished jobs, and real sweeps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from seqbench import sweep as sw
+from seqbench.cli import main
+
+GRIDS = [
+    {"optim": "sgd", "optim.lr": [0.5, 2], "clip": "none", "seed": [0, 1]},
+    {"optim": "sgd", "optim.lr": [0.5, 2], "clip": "norm", "clip.max_norm": [0.25, 1.0],
+     "seed": [0, 1]},
+    {"optim": "adam", "optim.lr": [0.001], "clip": "none", "seed": [0, 1]},
+    {"optim": "sgd", "optim.lr": 0.5, "clip": "none", "seed": 0},  # a duplicate of grid 1
+]
+
+
+def test_union_of_grids_with_per_grid_values_and_no_duplicates():
+    jobs = sw.expand(GRIDS)
+    assert len(jobs) == 4 + 8 + 2  # the fourth grid adds nothing new
+    assert len({j.name for j in jobs}) == len(jobs)
+    none = [j for j in jobs if "clip=none" in j.overrides and "optim=sgd" in j.overrides]
+    assert all(not any(o.startswith("clip.max_norm") for o in j.overrides) for j in none)
+    adam = [j for j in jobs if "optim=adam" in j.overrides]
+    assert {o for j in adam for o in j.overrides if o.startswith("optim.lr")} == {
+        "optim.lr=0.001"}
+    assert jobs[0].name == "optim=sgd,optim.lr=0.5,clip=none,seed=0"
+
+
+def test_command_line_values_replace_or_extend_every_grid():
+    cli = sw.split_cli_overrides(["seed=0,1,2", "trainer.max_steps=5"])
+    jobs = sw.expand(GRIDS[:1], cli)
+    assert len(jobs) == 2 * 3
+    assert all("trainer.max_steps=5" in j.overrides for j in jobs)
+    # a fixed value that is not a grid key does not appear in the names
+    assert all("max_steps" not in j.name for j in jobs)
+    assert {j.name.split(",")[-1] for j in jobs} == {"seed=0", "seed=1", "seed=2"}
+
+
+def test_names_are_stable_when_grids_change():
+    alone = {j.name: j.overrides for j in sw.expand(GRIDS[:1])}
+    together = {j.name: j.overrides for j in sw.expand(GRIDS)}
+    for name, overrides in alone.items():
+        assert together[name] == overrides
+
+
+@pytest.mark.parametrize("value", ["../../etc/passwd", "a/b", "..", "x y", "$(rm -rf)"])
+def test_names_cannot_leave_the_sweep_directory(value):
+    name = sw.job_name([f"task.path={value}"])
+    assert "/" not in name and not name.startswith(".") and " " not in name
+    assert (Path("/sweep") / name).resolve().parent == Path("/sweep")
+
+
+def test_long_names_are_shortened_but_unique():
+    a = sw.job_name([f"k{i}={'x' * 20}" for i in range(20)])
+    b = sw.job_name([f"k{i}={'x' * 20}" for i in range(19)] + ["k19=y"])
+    assert len(a) <= sw.MAX_NAME and a != b
+
+
+def write_summary(d: Path, status: str, config: dict):
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"status": status, "config": config}))
+
+
+def test_finished_means_terminal_status_and_the_same_experiment(tmp_path):
+    cfg = {"optim.lr": 0.5, "seed": 0, "trainer.threads": 1}
+    for status, expected in [("completed", True), ("diverged", True), ("error", False),
+                             ("running", False), ("interrupted", False)]:
+        write_summary(tmp_path / status, status, cfg)
+        assert sw.finished(tmp_path / status, cfg) is expected
+    # threads do not change the experiment; the learning rate does
+    assert sw.finished(tmp_path / "completed", {**cfg, "trainer.threads": 2})
+    assert not sw.finished(tmp_path / "completed", {**cfg, "optim.lr": 1.0})
+    assert not sw.finished(tmp_path / "missing", cfg)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "summary.json").write_text("{not json")
+    assert not sw.finished(tmp_path / "bad", cfg)
+
+
+# ---- real sweeps (tiny models) ---------------------------------------------------------
+
+TINY_SWEEP = ["seed=0", "trainer.max_steps=6", "task.seq_len=16", "task.batch_size=4",
+              "model.hidden_size=8", "model.embed_dim=4", "trainer.eval_batches=2",
+              "optim.lr=1,64"]
+
+
+def sweep(tmp_path, *args, launcher=None):
+    cmd = [sys.executable, "-m", "seqbench", "sweep", "demo", *TINY_SWEEP, *args]
+    if launcher:
+        cmd.append(f"hydra/launcher={launcher}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def mtimes(root: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in root.glob("*/summary.json")}
+
+
+@pytest.mark.slow
+def test_sweep_runs_skips_finished_jobs_and_reports(tmp_path):
+    first = sweep(tmp_path)
+    assert first.returncode == 0, first.stderr
+    runs = tmp_path / "runs" / "demo"
+    n = len(list(runs.glob("*/summary.json")))
+    assert n == 2 * 4 + 2 * 2  # lrs x (none, norm 0.25, norm 1, value) + lrs x adam clips
+    assert f"{n} jobs: " in first.stdout and "0 error" in first.stdout
+    report = tmp_path / "reports" / "demo"
+    for f in ("report.html", "report.md", "runs.csv", "cells.csv", "stable_lr.csv"):
+        assert (report / f).is_file()
+    assert len(pd.read_csv(report / "runs.csv")) == n
+    before = mtimes(runs)
+    again = sweep(tmp_path)
+    assert again.returncode == 0 and f"{n} skipped" in again.stdout
+    assert mtimes(runs) == before  # nothing was launched
+    # a changed experiment is re-run; --force re-runs everything
+    forced = sweep(tmp_path, "--force")
+    assert forced.returncode == 0 and "0 skipped" in forced.stdout
+    assert all(after > before[k] for k, after in mtimes(runs).items())
+
+
+@pytest.mark.slow
+def test_an_invalid_job_stops_the_sweep_before_any_job_starts(tmp_path):
+    out = sweep(tmp_path, "optim.lr=1,-3")
+    assert out.returncode == 2
+    assert "optim.lr=-3.0: must be > 0" in out.stderr and "nothing was launched" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs" / "demo").exists() or not list(
+        (tmp_path / "runs" / "demo").glob("*/summary.json"))
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    # on_nonfinite=raise turns a NaN into an error inside the run (a real runtime failure)
+    out = sweep(tmp_path, "optim.lr=0.1,1e38", "trainer.on_nonfinite=raise",
+                "trainer.explode_factor=null")
+    assert out.returncode == 1, out.stdout + out.stderr
+    summaries = [json.loads(p.read_text())
+                 for p in (tmp_path / "runs" / "demo").glob("*/summary.json")]
+    statuses = [s["status"] for s in summaries]
+    assert "error" in statuses and "completed" in statuses
+    assert f"{statuses.count('error')} error" in out.stdout
+    assert (tmp_path / "reports" / "demo" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_joblib_gives_the_same_cells_as_the_basic_launcher(tmp_path):
+    basic, par = tmp_path / "basic", tmp_path / "joblib"
+    basic.mkdir()
+    par.mkdir()
+    det = "trainer.deterministic=true"
+    assert sweep(basic, det).returncode == 0
+    out = sweep(par, det, launcher="joblib")
+    assert out.returncode == 0, out.stderr
+    a = pd.read_csv(basic / "reports" / "demo" / "cells.csv")
+    b = pd.read_csv(par / "reports" / "demo" / "cells.csv")
+    timing = [c for c in a.columns if "tokens_per_second" in c]
+    pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing),
+                                  check_exact=False, rtol=1e-6)
+    summary = json.loads(next((par / "runs" / "demo").glob("*/summary.json")).read_text())
+    assert summary["config"]["trainer.threads"] >= 1  # threads split between the jobs
+
+
+@pytest.mark.slow
+def test_sweep_through_submitit_local(tmp_path):
+    out = sweep(tmp_path, "hydra.launcher.timeout_min=10", launcher="submitit_local")
+    assert out.returncode == 0, out.stdout + out.stderr
+    statuses = [json.loads(p.read_text())["status"]
+                for p in (tmp_path / "runs" / "demo").glob("*/summary.json")]
+    assert len(statuses) == 12 and set(statuses) <= {"completed", "diverged"}
+    assert (tmp_path / "reports" / "demo" / "cells.csv").is_file()
+
+
+def test_unknown_preset_and_bad_options_are_one_line(capsys):
+    assert main(["sweep", "nope"]) == 2
+    assert capsys.readouterr().err.strip().startswith("seqbench: error: preset=nope: one of")
+    assert main(["sweep", "demo", "--fast"]) == 2
+    assert main(["sweep", "demo", "trainer.foo=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("seqbench: error: trainer.foo=1: unknown key")
+
+
+def test_report_of_a_missing_directory_is_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "RUNS_DIR=" in capsys.readouterr().err
