@@ -45,7 +45,10 @@ METRICS_SCHEMA = pa.schema([
     ("wall_s", pa.float64()),
     ("val_loss", pa.float64()),
     ("val_bpc", pa.float64()),
+    ("val_metric", pa.float64()),
 ])
+# columns filled from an evaluation (null on the other steps)
+EVAL_COLUMNS = ("val_loss", "val_bpc", "val_metric")
 
 
 class StepBuffer:

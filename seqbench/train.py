@@ -29,6 +29,7 @@ from seqbench.clipping import build_clipper, global_norm
 from seqbench.config import flat
 from seqbench.data.tasks import build_task
 from seqbench.metrics import (
+    EVAL_COLUMNS,
     SCHEMA_VERSION,
     MetricsFile,
     StepBuffer,
@@ -113,6 +114,7 @@ class Trainer:
         self.initial_loss: torch.Tensor | None = None
         self.t_start = time.perf_counter()
         self.eval_seconds = 0.0
+        self.success: dict[str, Any] | None = None
         self.env = env_info(self.device)
 
     # ---- the step -------------------------------------------------------------------
@@ -203,13 +205,11 @@ class Trainer:
             "skipped": rows["skipped"][:stop_at],
             "wall_s": np.asarray(self.host_wall[first_step - 1: first_step - 1 + stop_at]),
         }
-        val_loss = np.full(stop_at, np.nan)
-        val_bpc = np.full(stop_at, np.nan)
-        for k, s in enumerate(cols["step"]):
-            if int(s) in st.evals:
-                val_loss[k] = st.evals[int(s)]["val_loss"]
-                val_bpc[k] = st.evals[int(s)]["val_bpc"]
-        cols["val_loss"], cols["val_bpc"] = val_loss, val_bpc
+        for name in EVAL_COLUMNS:  # null except on evaluation steps
+            col = np.full(stop_at, np.nan)
+            for k, s in enumerate(cols["step"]):
+                col[k] = st.evals.get(int(s), {}).get(name, np.nan)
+            cols[name] = col
         self.metrics.append(cols)
         st.skipped_steps += int(rows["skipped"][:stop_at].sum())
         st.steps_completed = int(steps[stop_at - 1]) if stop_at else st.steps_completed
@@ -226,7 +226,7 @@ class Trainer:
             self.run_dir, self.task.name, f"{count_parameters(self.model):,}", self.device,
             self.env["device_name"], max_steps, self.task.tokens_per_step,
         )
-        progress = Progress(t.progress, max_steps)
+        progress = Progress(t.progress, max_steps, self.task.metric.name)
         previous_handler = _install_sigterm()
         try:
             with progress:
@@ -277,7 +277,12 @@ class Trainer:
             return True
         if step == int(self.cfg.trainer.max_steps):  # the final evaluation
             self.evaluate(step)
-            self.metrics.set_last(**st.evals[step])
+            if hasattr(self.task, "success"):  # e.g. error rate on fresh test sequences
+                t0 = time.perf_counter()
+                self.success = self.task.success(self.model)
+                self.eval_seconds += time.perf_counter() - t0
+            self.metrics.set_last(**{k: v for k, v in st.evals[step].items()
+                                     if k in EVAL_COLUMNS})
         self.write_summary()
         return False
 
@@ -299,7 +304,11 @@ class Trainer:
         window = losses[-int(self.cfg.trainer.log_every):]
         window = window[np.isfinite(window)]
         last_eval = st.evals.get(st.steps_completed) if finished else None
-        bpcs = [e["val_bpc"] for s, e in st.evals.items() if s <= st.steps_completed]
+        before = [e for s, e in st.evals.items() if s <= st.steps_completed]
+        metric = self.task.metric
+        scores = [e["val_metric"] for e in before if np.isfinite(e.get("val_metric", np.nan))]
+        bpcs = [e["val_bpc"] for e in before if np.isfinite(e.get("val_bpc", np.nan))]
+        best = (min if metric.lower_is_better else max)(scores) if scores else None
         train_s = self.elapsed() - self.eval_seconds
         # a stateful clipper (e.g. a calibrated threshold) reports its state once, at the end
         ended = st.status != "running"
@@ -314,8 +323,16 @@ class Trainer:
             "tokens_seen": st.tokens_seen,
             "final_train_loss": float(window.mean()) if finished and window.size else None,
             "final_val_loss": last_eval["val_loss"] if last_eval else None,
-            "final_val_bpc": last_eval["val_bpc"] if last_eval else None,
+            "final_val_bpc": last_eval.get("val_bpc") if last_eval else None,
             "best_val_bpc": min(bpcs) if bpcs else None,
+            # the task's own quality measure (bpc for text, error rate, MSE, ...)
+            "metric": {"name": metric.name, "unit": metric.unit,
+                       "lower_is_better": metric.lower_is_better},
+            "final_val_metric": last_eval.get("val_metric") if last_eval else None,
+            "best_val_metric": best,
+            # whether the task's stated success criterion was met (null: none, or not run)
+            "task_success": self.success.get("task_success") if self.success else None,
+            "task_metrics": self.success or None,
             "grad_norm_pre": grad_norm_stats(pre),
             "clip_fraction": float(clipped.mean()) if clipped.size else None,
             "skipped_steps": st.skipped_steps,
@@ -340,10 +357,12 @@ def summary_line(s: dict[str, Any]) -> str:
     parts = [f"status={s['status']}"]
     if s["divergence"]:
         parts.append(f"divergence={s['divergence']} at step {s['divergence_step']}")
+    if s.get("task_success") is not None:
+        parts.append(f"task_success={s['task_success']}")
     parts += [
         f"steps={s['steps_completed']}",
-        f"final_val_bpc={num(s['final_val_bpc'], '.3f')}",
-        f"best_val_bpc={num(s['best_val_bpc'], '.3f')}",
+        f"final_val_{s['metric']['name']}={num(s['final_val_metric'], '.4g')}",
+        f"best_val_{s['metric']['name']}={num(s['best_val_metric'], '.4g')}",
         f"clip_fraction={num(s['clip_fraction'], '.2f')}",
         f"tokens/s={num(s['tokens_per_second'], ',.0f')}",
     ]
@@ -369,7 +388,8 @@ def _restore_sigterm(previous) -> None:
 class Progress:
     """A rich progress bar on a terminal, plain log lines at each flush otherwise."""
 
-    def __init__(self, mode: str, total: int):
+    def __init__(self, mode: str, total: int, metric: str):
+        self.metric = metric
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode, self.total = mode, total
@@ -405,7 +425,7 @@ class Progress:
         info = f"loss {loss:.3f} |g| {pre:.3g}"
         if state.evals:  # the latest evaluation, with the step it was taken at
             at = max(state.evals)
-            info += f" val_bpc {state.evals[at]['val_bpc']:.3f} (step {at})"
+            info += f" val_{self.metric} {state.evals[at]['val_metric']:.4g} (step {at})"
         if self.bar is not None:
             self.bar.update(self.task_id, completed=step, info=info)
         elif self.mode == "log":

@@ -59,13 +59,13 @@ def test_streams_carry_on_where_the_previous_window_ended():
 def test_seq_len_longer_than_the_split_is_a_config_error():
     text = "abcdefghij" * 100  # val split = 50 characters
     with pytest.raises(ConfigError) as e:
-        CharLMTask("toy", text, CorpusTaskConfig(seq_len=30, batch_size=2))
+        CharLMTask.from_text("toy", text, CorpusTaskConfig(seq_len=30, batch_size=2))
     assert e.value.key == "task.seq_len" and "at most 24" in str(e.value)
 
 
 def test_task_carries_hidden_state_and_resets_at_a_new_pass():
     text = "abcdefghij" * 200
-    task = CharLMTask("toy", text, CorpusTaskConfig(seq_len=5, batch_size=2))
+    task = CharLMTask.from_text("toy", text, CorpusTaskConfig(seq_len=5, batch_size=2))
     task.setup(torch.device("cpu"), accum_steps=1)
     from omegaconf import OmegaConf
 
@@ -84,7 +84,7 @@ def test_task_carries_hidden_state_and_resets_at_a_new_pass():
 
 def test_evaluate_matches_a_direct_computation():
     text = "the quick brown fox jumps over the lazy dog. " * 60
-    task = CharLMTask("toy", text, CorpusTaskConfig(seq_len=8, batch_size=3))
+    task = CharLMTask.from_text("toy", text, CorpusTaskConfig(seq_len=8, batch_size=3))
     task.setup(torch.device("cpu"), 1)
     from omegaconf import OmegaConf
 

@@ -15,10 +15,10 @@ SUMMARY_KEYS = {
     "schema_version", "status", "divergence", "first_nonfinite_step", "steps_completed",
     "tokens_seen", "final_train_loss", "final_val_loss", "final_val_bpc", "best_val_bpc",
     "grad_norm_pre", "clip_fraction", "skipped_steps", "wall_seconds", "tokens_per_second",
-    "config", "env", "error",
+    "config", "env", "error", "metric", "final_val_metric", "best_val_metric", "task_success",
 }
 METRIC_COLUMNS = ["step", "tokens", "train_loss", "grad_norm_pre", "grad_norm_post", "clipped",
-                  "lr", "nonfinite", "skipped", "wall_s", "val_loss", "val_bpc"]
+                  "lr", "nonfinite", "skipped", "wall_s", "val_loss", "val_bpc", "val_metric"]
 
 
 def poisoned_task(cfg, at_step, factor=float("nan"), where="loss"):
@@ -65,6 +65,10 @@ def test_completed_run_outputs_follow_the_contract(tiny_cfg, tmp_path):
     assert summary["final_val_bpc"] == pytest.approx(m.val_bpc.iloc[-1])
     assert summary["best_val_bpc"] == pytest.approx(m.val_bpc.min())
     assert summary["final_val_bpc"] == pytest.approx(summary["final_val_loss"] / math.log(2))
+    assert summary["metric"] == {"name": "bpc", "unit": "bits/char", "lower_is_better": True}
+    assert summary["final_val_metric"] == summary["final_val_bpc"]
+    assert summary["best_val_metric"] == summary["best_val_bpc"]
+    assert m.val_metric.equals(m.val_bpc) and summary["task_success"] is None
     assert summary["final_train_loss"] == pytest.approx(m.train_loss.iloc[-5:].mean())
     assert summary["grad_norm_pre"]["median"] == pytest.approx(m.grad_norm_pre.median())
     assert summary["grad_norm_pre"]["max"] == pytest.approx(m.grad_norm_pre.max())

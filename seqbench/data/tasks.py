@@ -2,6 +2,21 @@
 
 A task owns its data and its recurrent state, so the trainer stays one loop for every
 task: it asks for the loss of micro-batch j, steps, and tells the task to advance.
+
+The interface every task provides (the trainer uses nothing else):
+
+- `name: str`, `metric: MetricSpec` -- the task's quality measure;
+- `setup(device, accum_steps)` -- put data on the device; `accum_steps` micro-batches;
+- `build_model(model_cfg) -> nn.Module`;
+- `tokens_per_step: int` -- tokens (or samples) one optimizer step consumes;
+- `describe() -> dict` -- facts for summary.json (sizes, vocabulary, ...);
+- `train_loss(model, j) -> Tensor` -- mean loss of micro-batch j of the current step,
+  computed on the device (no host reads);
+- `advance()` -- move to the next step's data; `reset_state()` -- drop carried state;
+- `evaluate(model, max_batches) -> dict` with `val_loss`, `val_metric` (and `val_bpc`
+  for text), Python floats; called every `eval_every` steps and at the end;
+- optional `success(model) -> dict` with `task_success: bool` and the numbers behind it,
+  called once at the end of a completed run (e.g. error rate on fresh sequences).
 """
 
 from __future__ import annotations
@@ -22,6 +37,18 @@ from seqbench.models import CharRNN, detach
 from seqbench.registry import Registry
 
 TASKS: Registry = Registry("task", "task.name")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A task's quality measure, as the report names and orders it."""
+
+    name: str  # e.g. "bpc", "error_rate", "mse"
+    unit: str  # e.g. "bits/char"
+    lower_is_better: bool = True
+
+
+BPC = MetricSpec("bpc", "bits/char")
 
 SPLIT = (0.90, 0.05, 0.05)  # contiguous train / validation / test, in that order
 
@@ -48,21 +75,33 @@ def split_text(text: str) -> tuple[str, str, str]:
 
 
 class CharLMTask:
-    """Next-character prediction with truncated BPTT over parallel streams."""
+    """Next-character prediction with truncated BPTT over parallel streams.
 
-    metric = "bpc"
+    Built from token ids already split into train/val/test (`ids`, numpy arrays, which
+    may be memory-mapped) and the vocabulary they index; `from_text` does the split and
+    encoding for a text held in memory.
+    """
 
-    def __init__(self, name: str, text: str, cfg: CorpusTaskConfig):
-        self.name, self.cfg = name, cfg
-        train, val, test = split_text(text)
-        self.vocab = CharVocab.from_text(train, (val, test))
-        self.ids, self.unknown = {}, {}
-        for split, part in (("train", train), ("val", val), ("test", test)):
-            self.ids[split], self.unknown[split] = self.vocab.encode(part)
+    metric = BPC
+
+    def __init__(self, name: str, cfg: CorpusTaskConfig, vocab, ids: dict, unknown: dict,
+                 path_key: str = "task.name"):
+        self.name, self.cfg, self.vocab = name, cfg, vocab
+        self.ids, self.unknown = ids, unknown
+        self.path_key = path_key
         self._check_lengths()
         self.train_stream: StreamBatches | None = None
         self.val_stream: StreamBatches | None = None
         self.hidden: list = []
+
+    @classmethod
+    def from_text(cls, name: str, text: str, cfg: CorpusTaskConfig, **kw) -> CharLMTask:
+        train, val, test = split_text(text)
+        vocab = CharVocab.from_text(train, (val, test))
+        ids, unknown = {}, {}
+        for split, part in (("train", train), ("val", val), ("test", test)):
+            ids[split], unknown[split] = vocab.encode(part)
+        return cls(name, cfg, vocab, ids, unknown, **kw)
 
     def _check_lengths(self) -> None:
         b, t = self.cfg.batch_size, self.cfg.seq_len
@@ -72,9 +111,8 @@ class CharLMTask:
         if t <= limit:
             return
         if max_seq_len(n, 1) < 1:
-            key, value = ("task.path", self.cfg.path) if self.name == "text_file" else \
-                ("task.name", self.name)
-            raise ConfigError(key, value, f"the {split} split has only {n} characters")
+            value = self.cfg.path if self.path_key == "task.path" else self.name
+            raise ConfigError(self.path_key, value, f"the {split} split has only {n} characters")
         if limit < 1:
             raise ConfigError(
                 "task.batch_size", b,
@@ -140,17 +178,19 @@ class CharLMTask:
             )
         model.train(was_training)
         loss = total.item() / (n * stream.tokens_per_window)
-        return {"val_loss": loss, "val_bpc": loss / math.log(2)}
+        bpc = loss / math.log(2)
+        return {"val_loss": loss, "val_bpc": bpc, "val_metric": bpc}
 
 
 @TASKS.register("tinyshakespeare", CorpusTaskConfig)
 def tinyshakespeare_task(cfg: CorpusTaskConfig) -> CharLMTask:
-    return CharLMTask("tinyshakespeare", tinyshakespeare(), cfg)
+    return CharLMTask.from_text("tinyshakespeare", tinyshakespeare(), cfg)
 
 
 @TASKS.register("text_file", TextFileTaskConfig)
 def text_file_task(cfg: TextFileTaskConfig) -> CharLMTask:
-    return CharLMTask("text_file", read_text_file(cfg.path, newline=cfg.newline), cfg)
+    text = read_text_file(cfg.path, newline=cfg.newline)
+    return CharLMTask.from_text("text_file", text, cfg, path_key="task.path")
 
 
 def build_task(cfg):
