@@ -24,7 +24,7 @@ from seqbench.checks import at_least, one_of, optional_above
 from seqbench.clipping import CLIP
 from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
-from seqbench.models import CharRNNConfig
+from seqbench.models import MODEL_SCHEMAS
 from seqbench.optim import OPTIM
 
 
@@ -69,10 +69,14 @@ NON_EXPERIMENT_KEYS = ("trainer.progress", "trainer.device", "trainer.threads",
 
 
 def register_schemas() -> None:
+    # every module that registers tasks or models, so that their schemas are stored too
+    from seqbench.data import corpora, regression, synthetic  # noqa: F401
+
     cs = ConfigStore.instance()
     cs.store(name="seqbench_train", node=TrainConfig)
     cs.store(group="schema/trainer", name="default", node=TrainerConfig)
-    cs.store(group="schema/model", name="char_rnn", node=CharRNNConfig)
+    for entry in MODEL_SCHEMAS.entries():
+        cs.store(group="schema/model", name=entry.name, node=entry.schema)
     for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP)):
         for entry in registry.entries():
             cs.store(group=f"schema/{group}", name=entry.name, node=entry.schema)

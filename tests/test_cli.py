@@ -120,3 +120,31 @@ def test_every_bad_value_is_reported_at_once(capsys, tmp_path, monkeypatch):
 def test_unknown_command_is_an_error(capsys):
     assert main(["trian"]) == 2
     assert "command=trian" in capsys.readouterr().err
+
+
+def test_sigterm_leaves_an_interrupted_run_on_disk(tmp_path):
+    """What SLURM sends before a timeout: the run stops, says so, and keeps its steps."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "seqbench", "train", *TINY, "trainer.max_steps=100000",
+            "trainer.log_every=2", "hydra.run.dir=run"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    summary_path = tmp_path / "run" / "summary.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until some steps are on disk
+        if summary_path.exists():
+            s = json.loads(summary_path.read_text())
+            if s["steps_completed"] >= 4:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "interrupted" and summary["steps_completed"] >= 4
+    import pandas as pd
+
+    assert len(pd.read_parquet(tmp_path / "run" / "metrics.parquet")) == \
+        summary["steps_completed"]
