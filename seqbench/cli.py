@@ -28,6 +28,9 @@ commands:
   report RUNS_DIR [--out DIR]
                           (re)write the report of a directory of runs
                           (default --out: reports/<name of RUNS_DIR>)
+  data list | fetch NAME... | verify [NAME...]
+                          download, check and cache corpora (enwik8, text8,
+                          ptb_char, war_and_peace; tinyshakespeare is bundled)
 
 exit status: 0 done (a diverged run is a result), 2 invalid input, 1 unexpected error
 """
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}
+    commands = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report,
+                "data": cmd_data}
     if command not in commands:
         return error(f"command={command}: one of {', '.join(commands)} (see --help)")
     return commands[command](rest)
@@ -207,3 +211,9 @@ def _is_sweep(override: str) -> bool:
         return OverridesParser.create().parse_override(override).is_sweep_override()
     except Exception:
         return False
+
+
+def cmd_data(args: list[str]) -> int:
+    from seqbench.data.datacli import main as data_main
+
+    return data_main(args)

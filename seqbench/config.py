@@ -164,6 +164,10 @@ def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
             "trainer.amp", "fp16",
             "fp16 autocast of nn.LSTM is not supported on CPU; use bf16 or off here, or CUDA",
         ))
+    out += _model_family_errors(cfg)
+    if cfg.model.get("forget_bias") is not None and cfg.model.get("cell") != "lstm":
+        out.append(ConfigError("model.forget_bias", cfg.model.forget_bias,
+                               "only for model.cell=lstm (use null otherwise)"))
     clip = cfg.clip
     if clip.get("relative") and clip.get("scope") != "global":
         out.append(ConfigError("clip.relative", True, "only with clip.scope=global"))
@@ -174,6 +178,20 @@ def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
         out.append(ConfigError("trainer.device", "cuda",
                                "CUDA is not available here; use auto or cpu"))
     return out
+
+
+def _model_family_errors(cfg: DictConfig) -> list[ConfigError]:
+    """A task builds one family of model (char_rnn unless its registration says)."""
+    try:
+        needs = TASKS.get(cfg.task.name).meta.get("model", "char_rnn")
+    except ConfigError as e:
+        return [e]
+    schema = OmegaConf.get_type(cfg.model)
+    has = next((e.name for e in MODEL_SCHEMAS.entries() if e.schema is schema), None)
+    if has is None or has == needs:
+        return []
+    options = {"char_rnn": "lstm, gru or rnn_tanh", "mlp": "mlp"}.get(needs, needs)
+    return [ConfigError("model", has, f"task {cfg.task.name} needs model={options}")]
 
 
 def flat(cfg: DictConfig) -> dict[str, Any]:

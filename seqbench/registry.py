@@ -9,7 +9,7 @@ Hydra's type and unknown-key checks) is generated from the same place the behavi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from seqbench.errors import ConfigError
@@ -22,6 +22,7 @@ class Entry(Generic[F]):
     name: str
     schema: type
     build: F
+    meta: dict = field(default_factory=dict)  # e.g. the model family a task needs
 
 
 class Registry(Generic[F]):
@@ -30,11 +31,11 @@ class Registry(Generic[F]):
         self.key = key  # the config key that selects an entry, e.g. "clip.method"
         self._entries: dict[str, Entry[F]] = {}
 
-    def register(self, name: str, schema: type) -> Callable[[F], F]:
+    def register(self, name: str, schema: type, **meta: Any) -> Callable[[F], F]:
         def deco(fn: F) -> F:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = Entry(name, schema, fn)
+            self._entries[name] = Entry(name, schema, fn, dict(meta))
             return fn
 
         return deco

@@ -162,7 +162,14 @@ def finished(job_dir: Path, flat_config: Mapping[str, Any]) -> bool:
     summary = read_summary(job_dir)
     if not summary or summary.get("status") not in TERMINAL:
         return False
-    return experiment_config(summary.get("config") or {}) == experiment_config(flat_config)
+    return same_experiment(summary.get("config") or {}, flat_config)
+
+
+def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal experiment configs; a key one side lacks counts as null there, so a run
+    recorded before an option with a null default existed still matches."""
+    a, b = experiment_config(a), experiment_config(b)
+    return all(a.get(k) == b.get(k) for k in a.keys() | b.keys())
 
 
 def config_identity(flat_config: Mapping[str, Any]) -> str:

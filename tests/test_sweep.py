@@ -189,3 +189,10 @@ def test_unknown_preset_and_bad_options_are_one_line(capsys):
 def test_report_of_a_missing_directory_is_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "RUNS_DIR=" in capsys.readouterr().err
+
+
+def test_a_new_option_with_a_null_default_keeps_old_runs_finished(tmp_path):
+    old = {"optim.lr": 0.5, "seed": 0}
+    write_summary(tmp_path / "old", "completed", old)
+    assert sw.finished(tmp_path / "old", {**old, "model.forget_bias": None})
+    assert not sw.finished(tmp_path / "old", {**old, "model.forget_bias": 1.0})

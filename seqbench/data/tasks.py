@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from seqbench.checks import at_least, one_of
 from seqbench.data.batching import StreamBatches, max_seq_len, to_device
 from seqbench.data.corpus import read_text_file, tinyshakespeare
-from seqbench.data.vocab import CharVocab
+from seqbench.data.vocab import ByteVocab, CharVocab
 from seqbench.errors import ConfigError
 from seqbench.models import CharRNN, detach
 from seqbench.registry import Registry
@@ -65,6 +65,10 @@ class TextFileTaskConfig(CorpusTaskConfig):
     name: str = "text_file"
     path: str | None = None
     newline: str = one_of("lf", ("lf", "keep"))
+    # chars: one token per Unicode character, vocabulary = the training split's characters
+    # (val/test characters outside it become <unk>, counted); bytes: one token per UTF-8
+    # byte, vocabulary = all 256 values (nothing is unknown; comparable across languages)
+    vocab: str = one_of("chars", ("chars", "bytes"))
 
 
 def split_text(text: str) -> tuple[str, str, str]:
@@ -190,7 +194,13 @@ def tinyshakespeare_task(cfg: CorpusTaskConfig) -> CharLMTask:
 @TASKS.register("text_file", TextFileTaskConfig)
 def text_file_task(cfg: TextFileTaskConfig) -> CharLMTask:
     text = read_text_file(cfg.path, newline=cfg.newline)
-    return CharLMTask.from_text("text_file", text, cfg, path_key="task.path")
+    if cfg.vocab == "chars":
+        return CharLMTask.from_text("text_file", text, cfg, path_key="task.path")
+    vocab = ByteVocab()  # the split is contiguous in bytes, as for enwik8
+    ids, unknown = {}, {}
+    for split, part in zip(("train", "val", "test"), split_text(text.encode("utf-8"))):
+        ids[split], unknown[split] = vocab.encode(part)
+    return CharLMTask("text_file", cfg, vocab, ids, unknown, path_key="task.path")
 
 
 def build_task(cfg):

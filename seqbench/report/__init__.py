@@ -36,8 +36,11 @@ class ReportResult:
 
     ``paths``: report_md, report_html, runs_csv, cells_csv, stable_lr_csv.
     ``figures``: name -> PNG path for every figure drawn; ``skipped``: name -> note for
-    figures that could not be drawn. ``n_runs`` counts readable run directories
-    (incomplete ones included); ``n_found`` = ``n_runs`` + ``n_corrupt``.
+    figures that could not be drawn. Names are the figure kinds (``divergence_heatmap``,
+    ``<metric>_heatmap``, ``loss_curves``, ``grad_norms``, ``frontier``), suffixed with
+    ``-<task>`` when the runs hold several tasks (see ``figures.figure_name``).
+    ``n_runs`` counts readable run directories (incomplete ones included);
+    ``n_found`` = ``n_runs`` + ``n_corrupt``.
     """
 
     out_dir: Path

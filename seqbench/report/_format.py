@@ -123,3 +123,50 @@ def clip_phrase(method: object, threshold: object) -> str:
     if is_missing(threshold):
         return f"{m} clipping"
     return f"{m} clipping at {lr(threshold)}"
+
+
+_METRIC_NAMES = {
+    "bpc": "bpc",
+    "mse": "MSE",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "nll": "NLL",
+    "error_rate": "error rate",
+    "accuracy": "accuracy",
+    "ppl": "perplexity",
+    "perplexity": "perplexity",
+}
+_METRIC_LONG = {"bpc": "bits per character", "mse": "mean squared error"}
+
+
+def metric(name: object) -> str:
+    """Display name of a task's metric (``mse`` -> ``MSE``, ``error_rate`` -> ``error rate``)."""
+    if is_missing(name):
+        return MISSING
+    key = str(name)
+    return _METRIC_NAMES.get(key.lower(), key.replace("_", " "))
+
+
+def metric_long(name: object) -> str:
+    """The metric spelled out for titles (``bpc`` -> ``bits per character``)."""
+    if is_missing(name):
+        return MISSING
+    return _METRIC_LONG.get(str(name).lower(), metric(name))
+
+
+def short(x: object) -> str:
+    """A value for a heatmap square: 2 decimals at 1 and above, 2 significant digits below.
+
+    Why not :func:`num`: squares are small, and metrics range from bits per character
+    (1.47) to mean squared errors (0.0012) - a fixed ``.2f`` would print the latter as 0.00.
+    """
+    if is_missing(x):
+        return MISSING
+    v = float(x)  # type: ignore[arg-type]
+    if not math.isfinite(v):
+        return num(v)
+    if v == 0 or abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.2g}"

@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqbench.report.tasks import BPC, METRIC_COLUMNS
+
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.parquet"
 
@@ -49,6 +51,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
 )
 #: Numeric summary fields copied into the runs table (missing -> NaN). ``divergence_step``
 #: is not in the contract's minimum but the trainer writes it; it is used when present.
+#: ``final_val_metric`` / ``best_val_metric`` are in the task's own metric (see ``metric``).
 NUMERIC_FIELDS: tuple[str, ...] = (
     "first_nonfinite_step",
     "divergence_step",
@@ -58,6 +61,8 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "final_val_loss",
     "final_val_bpc",
     "best_val_bpc",
+    "final_val_metric",
+    "best_val_metric",
     "clip_fraction",
     "skipped_steps",
     "wall_seconds",
@@ -66,15 +71,22 @@ NUMERIC_FIELDS: tuple[str, ...] = (
 GRAD_NORM_STATS: tuple[str, ...] = ("median", "p99", "max")
 
 #: Run-level columns of the runs table; every other column is a config key.
+#: ``metric``, ``metric_unit``, ``metric_lower_is_better`` name the task's quality measure
+#: (bpc, bits/char, True for summaries written before tasks named theirs);
+#: ``task_success`` is True/False where the task has a success criterion and the run
+#: completed, else None; ``task_metrics`` is the numbers behind it, as JSON text.
 RUN_COLUMNS: tuple[str, ...] = (
     "run_dir",
     "status",
     "divergence",
+    *METRIC_COLUMNS,
     *NUMERIC_FIELDS,
+    "task_success",
     *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS),
     "error",
     "metrics_rows",
     "schema_version",
+    "task_metrics",
 )
 
 #: Per-step columns used by the figures.
@@ -85,6 +97,7 @@ CURVE_COLUMNS: tuple[str, ...] = (
     "grad_norm_post",
     "val_loss",
     "val_bpc",
+    "val_metric",
 )
 #: metrics.parquet columns without which the file is not a metrics file.
 REQUIRED_METRICS_COLUMNS: tuple[str, ...] = ("step",)
@@ -183,6 +196,22 @@ def _read_summary(path: Path) -> dict:
     bad = [k for k in NUMERIC_FIELDS if not _is_number(data.get(k))]
     if bad:
         raise _Corrupt(f"summary.json fields are not numbers: {', '.join(bad)}")
+    metric = data.get("metric")
+    if metric is not None and not (
+        isinstance(metric, dict)
+        and isinstance(metric.get("name"), str)
+        and metric["name"]
+        and isinstance(metric.get("unit"), str)
+        and isinstance(metric.get("lower_is_better"), bool)
+    ):
+        raise _Corrupt(
+            "summary.json metric is not null or {name, unit, lower_is_better} "
+            "(a non-empty string, a string and a boolean)"
+        )
+    if not isinstance(data.get("task_success"), (bool, type(None))):  # 0/1 are not verdicts
+        raise _Corrupt("summary.json task_success is not null, true or false")
+    if not isinstance(data.get("task_metrics"), (dict, type(None))):
+        raise _Corrupt("summary.json task_metrics is not null or an object")
     gn = data.get("grad_norm_pre")
     if gn is not None and (
         not isinstance(gn, dict) or not all(_is_number(gn.get(s)) for s in GRAD_NORM_STATS)
@@ -218,6 +247,23 @@ def _row(rel: str, data: dict, metrics_rows: float) -> dict:
     for k in NUMERIC_FIELDS:
         v = data.get(k)
         row[k] = math.nan if v is None else float(v)
+    metric = data.get("metric")
+    if metric is None:
+        # written before tasks named their metric: a text run, its metric is bpc
+        row.update(metric=BPC.name, metric_unit=BPC.unit, metric_lower_is_better=True)
+        if "final_val_metric" not in data:
+            row["final_val_metric"] = row["final_val_bpc"]
+        if "best_val_metric" not in data:
+            row["best_val_metric"] = row["best_val_bpc"]
+    else:
+        row.update(
+            metric=metric["name"],
+            metric_unit=metric["unit"],
+            metric_lower_is_better=metric["lower_is_better"],
+        )
+    row["task_success"] = data.get("task_success")
+    tm = data.get("task_metrics")
+    row["task_metrics"] = None if tm is None else _hashable(tm)
     gn = data.get("grad_norm_pre") or {}
     for s in GRAD_NORM_STATS:
         v = gn.get(s)
@@ -275,6 +321,8 @@ def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
     runs = runs[lead + config_cols]
     for c in (*NUMERIC_FIELDS, *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS), "metrics_rows"):
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
+    runs["task_success"] = runs["task_success"].astype(object)  # True / False / None
+    runs["metric_lower_is_better"] = runs["metric_lower_is_better"].astype(bool)
     if "clip.relative" in runs.columns and "clip.method" in runs.columns:
         # norm clipping at a multiple of the calibrated median is its own method in a
         # report: its threshold (clip.max_norm) is a multiple, not a norm

@@ -4,6 +4,12 @@ Why these five: the heatmaps answer "where is it stable, and how good is it ther
 the curves show *how* runs fail, the gradient-norm distributions show what a clip
 threshold actually cuts, and the frontier puts stability against quality.
 
+Quality is in each task's own metric (bpc, MSE, error rate, ...): titles, axis and
+colour-bar labels carry its name, unit and direction, and colour scales run from bad
+(dark) to good (light) whichever direction is better. A runs directory with several
+tasks gets every figure once per task (file ``<name>-<task>.png``): numbers in
+different units never share an axis.
+
 Design choices:
 
 - Figures are built on ``matplotlib.figure.Figure`` objects, never through pyplot, so
@@ -34,7 +40,7 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.colors import Normalize
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from seqbench.report import _format as fmt
@@ -46,21 +52,43 @@ from seqbench.report.stats import (
     t_interval_from_summary,
     varying_within,
 )
+from seqbench.report.tasks import BPC, MetricInfo, TaskGroup, metric_of, split_by_task
 
 DPI = 110
 MAX_CURVE_POINTS = 300
 MAX_CURVE_CONFIGS = 6
 MAX_PANELS = 24
 MAX_ECDF_POINTS = 20000
+MAX_STRIP_ROWS = 8
 NATS = "nats/char"
+TASK_UNITS = "task units"
+#: A positive quantity whose values span this ratio or more is drawn on a log scale
+#: (an MSE falls from 0.17 to 0.002; bits per character never span that much).
+LOG_SPAN = 30.0
 
-FIGURE_NAMES: tuple[str, ...] = (
+#: The kinds of figure a report draws, in order. The file name of ``quality_heatmap``
+#: is ``<metric>_heatmap`` (``bpc_heatmap``, ``mse_heatmap``); see :func:`figure_name`.
+FIGURE_KINDS: tuple[str, ...] = (
     "divergence_heatmap",
-    "bpc_heatmap",
+    "quality_heatmap",
     "loss_curves",
     "grad_norms",
     "frontier",
 )
+
+
+def figure_name(kind: str, group: TaskGroup | None = None, multi: bool = False) -> str:
+    """File stem of a figure: the kind, the metric for the quality heatmap, the task if several.
+
+    ``figure_name("quality_heatmap", adding_group, multi=True)`` -> ``mse_heatmap-adding``.
+    """
+    metric = group.metric if group is not None else BPC
+    stem = f"{_file_part(metric.name)}_heatmap" if kind == "quality_heatmap" else kind
+    return f"{stem}-{group.slug}" if multi and group is not None else stem
+
+
+def _file_part(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in text) or "metric"
 
 
 class FigureSkipped(Exception):
@@ -79,13 +107,18 @@ class Plot:
 
 @dataclass
 class FigureResult:
-    """One figure of a report: a written PNG, or a note saying why there is none."""
+    """One figure of a report: a written PNG, or a note saying why there is none.
+
+    ``kind`` is one of :data:`FIGURE_KINDS`; ``task`` the task group it shows.
+    """
 
     name: str
     title: str
     caption: str
     path: Path | None = None
     note: str | None = None
+    kind: str = ""
+    task: TaskGroup | None = None
 
 
 @contextlib.contextmanager
@@ -230,8 +263,7 @@ def _heatmap(
     title: str,
     cbar_label: str,
     cmap: str,
-    vmin: float,
-    vmax: float,
+    norm: Normalize,
 ) -> tuple[Figure, pd.DataFrame, int]:
     panels = heatmap_panels(cells_df)
     if not panels:
@@ -247,7 +279,6 @@ def _heatmap(
     width = ncols * (1.0 + 0.75 * max_lrs) + 1.2
     height = nrows * (1.0 + 0.45 * max(max_thr, 2)) + 0.8
     colormap = mpl.colormaps[cmap]
-    norm = Normalize(vmin=vmin, vmax=vmax)
     rows = []
     with _style():
         fig = Figure(figsize=(max(width, 5.0), max(height, 3.0)), layout="constrained")
@@ -283,8 +314,9 @@ def _heatmap(
                 frame,
                 ax=ax,
                 cmap=colormap,
-                vmin=vmin,
-                vmax=vmax,
+                norm=norm,
+                vmin=norm.vmin,  # seaborn would otherwise scan (possibly all-NaN) data
+                vmax=norm.vmax,
                 cbar=False,
                 linewidths=1.0,
                 linecolor="white",
@@ -334,8 +366,7 @@ def divergence_heatmap(cells_df: pd.DataFrame) -> Plot:
         title="Divergence rate by clip threshold and learning rate",
         cbar_label="divergence rate (fraction of seeds)",
         cmap="rocket_r",
-        vmin=0.0,
-        vmax=1.0,
+        norm=Normalize(vmin=0.0, vmax=1.0),
     )
     caption = (
         "Fraction of seeds that diverged (non-finite loss or gradient, or an exploded loss) "
@@ -346,37 +377,58 @@ def divergence_heatmap(cells_df: pd.DataFrame) -> Plot:
     return Plot(fig, data, caption)
 
 
-def bpc_heatmap(cells_df: pd.DataFrame) -> Plot:
-    """Mean final validation bpc over finished seeds; blank where nothing finished."""
-    if "final_val_bpc_mean" not in cells_df or cells_df["final_val_bpc_mean"].notna().sum() == 0:
-        raise FigureSkipped(
-            "no finished run has a final validation bpc (every run diverged, or evaluation was off)"
-        )
-    vals = cells_df["final_val_bpc_mean"].dropna().to_numpy(dtype=float)
+def _value_norm(vals: np.ndarray) -> Normalize:
+    """Linear colour scale over the values, or logarithmic when positive values span 100x."""
     vmin, vmax = float(np.min(vals)), float(np.max(vals))
+    if vmin > 0 and vmax / vmin >= LOG_SPAN:
+        return LogNorm(vmin=vmin, vmax=vmax)
     if vmax - vmin < 1e-9:
-        vmin, vmax = vmin - 0.05, vmax + 0.05
+        pad = max(0.05, abs(vmin) * 0.05)
+        vmin, vmax = vmin - pad, vmax + pad
+    return Normalize(vmin=vmin, vmax=vmax)
+
+
+def quality_cmap(metric: MetricInfo) -> str:
+    """Colour map from bad (dark) to good (light), as in the divergence heatmap."""
+    return "mako_r" if metric.lower_is_better else "mako"
+
+
+def metric_heatmap(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
+    """Mean final validation metric over finished seeds; blank where nothing finished.
+
+    ``metric`` defaults to the one metric of ``cells_df``; a table that mixes metrics
+    raises :class:`~seqbench.report.tasks.MixedMetricsError`.
+    """
+    metric = metric or metric_of(cells_df)
+    col = "final_val_metric_mean"
+    if col not in cells_df or cells_df[col].notna().sum() == 0:
+        raise FigureSkipped(
+            f"no finished run has a final validation {metric.label} (every run diverged, or "
+            "evaluation was off)"
+        )
+    norm = _value_norm(cells_df[col].dropna().to_numpy(dtype=float))
 
     def annotate(rec: dict) -> str:
         nf = int(rec["n_finished"])
-        if nf == 0 or fmt.is_missing(rec["final_val_bpc_mean"]):
+        if nf == 0 or fmt.is_missing(rec[col]):
             return ""
-        return f"{rec['final_val_bpc_mean']:.2f}\nn={nf}"
+        return f"{fmt.short(rec[col])}\nn={nf}"
 
+    log = "log colour scale" if isinstance(norm, LogNorm) else ""
     fig, data, _ = _heatmap(
         cells_df,
-        "final_val_bpc_mean",
+        col,
         annotate,
-        title="Final validation bits per character (finished runs only)",
-        cbar_label="final validation bpc (bits/char, lower is better)",
-        cmap="mako",
-        vmin=vmin,
-        vmax=vmax,
+        title=f"Final validation {metric.long} (finished runs only)",
+        cbar_label=metric.axis(note=log),
+        cmap=quality_cmap(metric),
+        norm=norm,
     )
     caption = (
-        "Mean final validation bits per character over the seeds that finished, with n the "
-        "number of finished seeds. Diverged runs have no final value and are not counted; "
-        "grey squares had no finished run (nothing is imputed)."
+        f"Mean final validation {metric.long} ({metric.unit}; {metric.direction}; lighter "
+        "squares are better) over the seeds that finished, with n the number of finished "
+        "seeds. Diverged runs have no final value and are not counted; grey squares had no "
+        "finished run (nothing is imputed)."
     )
     return Plot(fig, data, caption)
 
@@ -385,17 +437,22 @@ def bpc_heatmap(cells_df: pd.DataFrame) -> Plot:
 
 
 def select_curve_cells(
-    cells_df: pd.DataFrame, stable_df: pd.DataFrame, max_configs: int = MAX_CURVE_CONFIGS
+    cells_df: pd.DataFrame,
+    stable_df: pd.DataFrame,
+    max_configs: int = MAX_CURVE_CONFIGS,
+    metric: MetricInfo | None = None,
 ) -> pd.DataFrame:
     """Pick a legible subset of cells for the loss-curve figure.
 
     Per optimizer: the largest learning rate at which *some* clip setting was stable
     (where clipping makes a difference), or the smallest lr tried if none was; then
-    every clip setting at that lr, unclipped first, the most stable and best ones next,
-    at most ``max_configs``. Returns the chosen cells rows with a ``label`` column.
+    every clip setting at that lr, unclipped first, the most stable and best ones next
+    ("best" in ``metric``'s direction), at most ``max_configs``. Returns the chosen cells
+    rows with a ``label`` column.
     """
     if cells_df.empty or "optim.lr" not in cells_df.columns:
         return cells_df.iloc[0:0].assign(label=pd.Series(dtype=object))
+    metric = metric or metric_of(cells_df)
     opt_col = "optim.name" if "optim.name" in cells_df.columns else None
     groups = cells_df.groupby(_obj(cells_df[opt_col]), sort=True) if opt_col else [(None, cells_df)]
     chosen = []
@@ -421,9 +478,9 @@ def select_curve_cells(
             else pd.Series("?", index=at.index, dtype=object)
         )
         at["__none"] = (method != "none").astype(int)
-        at["__bpc"] = at["final_val_bpc_mean"].fillna(np.inf)
-        at = at.sort_values(["__none", "divergence_rate", "__bpc"], kind="stable").head(max_configs)
-        chosen.append(at.drop(columns=["__none", "__bpc"]))
+        at["__score"] = metric.score(at["final_val_metric_mean"])
+        at = at.sort_values(["__none", "divergence_rate", "__score"], kind="stable")
+        chosen.append(at.head(max_configs).drop(columns=["__none", "__score"]))
     if not chosen:
         return cells_df.iloc[0:0].assign(label=pd.Series(dtype=object))
     out = pd.concat(chosen)
@@ -489,18 +546,72 @@ def curve_stats(
     )
 
 
+def _log_worthy(values: Sequence[float] | np.ndarray) -> bool:
+    """Positive values spanning :data:`LOG_SPAN` or more read better on a log axis."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(v.size) and float(v.min()) > 0 and float(v.max()) / float(v.min()) >= LOG_SPAN
+
+
+def _curve_panels(metric: MetricInfo, curves: pd.DataFrame) -> tuple[tuple[str, str, str], ...]:
+    """(column, name, unit) of the two panels.
+
+    Text: training and validation cross-entropy, both in nats/char. Other tasks: the
+    training loss in the task's own units (a task's loss need not be its metric) and
+    the validation metric where the metrics files record it, else the validation loss.
+    """
+    if metric.is_text:
+        return (("train_loss", "training loss", NATS), ("val_loss", "validation loss", NATS))
+    has_metric = np.isfinite(curves["val_metric"].to_numpy(dtype=float)).any()
+    val = (
+        ("val_metric", f"validation {metric.label}", metric.unit)
+        if has_metric
+        else ("val_loss", "validation loss", TASK_UNITS)
+    )
+    return (("train_loss", "training loss", TASK_UNITS), val)
+
+
+def _set_limits(
+    axes: Sequence, firsts: list[float], lows: list[float], *, allow_log: bool = False
+) -> None:
+    """Cut the y axis at 1.3x the initial value, so exploding runs leave the plot.
+
+    With ``allow_log``, a window whose top is :data:`LOG_SPAN` times its positive bottom
+    or more becomes logarithmic (the spread of exploding values does not count).
+    """
+    if not firsts:
+        return
+    top = 1.3 * float(np.nanmax(firsts))
+    low = float(np.nanmin(lows))
+    log = allow_log and _log_worthy([low, top])
+    bottom = 0.8 * low if log else max(0.0, 0.9 * low)
+    if np.isfinite(top) and np.isfinite(bottom) and top > bottom:
+        for ax in axes:
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylim(bottom, top)
+
+
 def loss_curves(
     runs_df: pd.DataFrame,
     cells_df: pd.DataFrame,
     stable_df: pd.DataFrame,
     runs_dir: str | os.PathLike[str],
+    metric: MetricInfo | None = None,
 ) -> Plot:
-    """Training and validation loss vs step for a legible subset of configurations."""
-    chosen = select_curve_cells(cells_df, stable_df)
+    """Training loss and a validation curve vs step for a legible subset of configurations.
+
+    ``metric`` (default: the one metric of ``cells_df``) decides the panels and their
+    units (see :func:`_curve_panels`).
+    """
+    metric = metric or metric_of(cells_df)
+    chosen = select_curve_cells(cells_df, stable_df, metric=metric)
     if chosen.empty:
         raise FigureSkipped("no configuration has a run with a verdict")
     runs = runs_df[runs_df["status"].isin(["completed", "diverged"])].copy()
-    runs["cell"] = cell_index(runs_df).loc[runs.index]
+    # cell ids are numbered over the whole runs table; a task's rows carry them along
+    cell_ids = runs_df["cell"] if "cell" in runs_df.columns else cell_index(runs_df)
+    runs["cell"] = cell_ids.loc[runs.index]
     chosen["__opt"] = _obj(chosen["optim.name"]) if "optim.name" in chosen else "all runs"
     if "clip.method" in chosen:
         method_rank = chosen["clip.method"].map(_method_sort_key)
@@ -508,11 +619,14 @@ def loss_curves(
         method_rank = pd.Series([(0, "")] * len(chosen), index=chosen.index, dtype=object)
     chosen["__order"] = list(zip(method_rank, chosen["threshold"].fillna(-1.0), strict=True))
     runs = runs.merge(chosen[["cell", "label", "__opt"]], on="cell", how="inner")
-    curves = load_curves(runs_dir, runs["run_dir"], ("step", "train_loss", "val_loss"))
+    curves = load_curves(
+        runs_dir, runs["run_dir"], ("step", "train_loss", "val_loss", "val_metric")
+    )
     if curves.empty:
         raise FigureSkipped("the selected runs have no readable metrics")
     curves = curves.merge(runs[["run_dir", "label", "__opt"]], on="run_dir", how="inner")
     curves["label"] = _obj(curves["label"])
+    panels = _curve_panels(metric, curves)
     opts = list(dict.fromkeys(chosen["__opt"]))
     labels_all = list(dict.fromkeys(chosen["label"]))
     colors = sns.color_palette("tab10", max(10, len(labels_all)))
@@ -526,11 +640,10 @@ def loss_curves(
             mine = chosen[chosen["__opt"] == opt]
             lr_star = mine["optim.lr"].iloc[0]
             order = list(dict.fromkeys(mine.sort_values("__order", kind="stable")["label"]))
-            first_vals: list[float] = []
-            low_vals: list[float] = []
-            for c, (value, name) in enumerate(
-                (("train_loss", "training loss"), ("val_loss", "validation loss"))
-            ):
+            firsts: list[list[float]] = [[], []]
+            lows: list[list[float]] = [[], []]
+            highs: list[list[float]] = [[], []]
+            for c, (value, name, unit) in enumerate(panels):
                 ax = axes[r, c]
                 st = curve_stats(sub, value)
                 st["optimizer"] = opt
@@ -553,33 +666,52 @@ def loss_curves(
                     ax.fill_between(
                         s["step"], s["lo"], s["hi"], where=full_n, color=col, alpha=0.15, lw=0
                     )
-                    first_vals.append(float(s["mean"].iloc[0]))
-                    low_vals.append(float(s["mean"].min()))
+                    firsts[c].append(float(s["mean"].iloc[0]))
+                    lows[c].append(float(s["mean"].min()))
+                    highs[c].append(float(s["mean"].max()))
                 ax.set_title(f"{fmt.optimizer(opt)}, lr {fmt.lr(lr_star)}: {name}")
                 ax.set_xlabel("optimizer step")
-                ax.set_ylabel(f"{name} ({NATS})")
-            if first_vals:
-                # cross-entropy is >= 0; cut at 1.3x the initial loss so exploding runs leave
-                top = 1.3 * float(np.nanmax(first_vals))
-                bottom = max(0.0, 0.9 * float(np.nanmin(low_vals)))
-                if np.isfinite(top) and top > bottom:
-                    for c in range(2):
-                        axes[r, c].set_ylim(bottom, top)
+                ax.set_ylabel(f"{name} ({unit})")
+            if metric.is_text:
+                # cross-entropy on both panels, in the same units: one cut for both
+                _set_limits(axes[r], firsts[0] + firsts[1], lows[0] + lows[1])
+            else:  # a loss, or a metric that falls as the model learns: cut each panel
+                for c, (value, _, _) in enumerate(panels):
+                    if value != "val_metric" or metric.lower_is_better:
+                        _set_limits([axes[r, c]], firsts[c], lows[c], allow_log=True)
+                    elif lows[c]:  # a rising metric: the means' range, not the wide bands
+                        lo, hi = float(np.nanmin(lows[c])), float(np.nanmax(highs[c]))
+                        pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-6)
+                        if np.isfinite(lo) and np.isfinite(hi):
+                            axes[r, c].set_ylim(lo - pad, hi + pad)
             axes[r, 1].set_xlim(axes[r, 0].get_xlim())  # same steps on both panels
             handles, labs = axes[r, 0].get_legend_handles_labels()
-            if handles:
-                axes[r, 1].legend(
-                    handles, labs, title="clip setting", loc="upper right", frameon=True
-                )
+            if handles:  # where a falling (rising) curve has left room: top (bottom) right
+                rising = panels[1][0] == "val_metric" and not metric.lower_is_better
+                loc = "lower right" if rising else "upper right"
+                axes[r, 1].legend(handles, labs, title="clip setting", loc=loc, frameon=True)
         fig.suptitle("Loss curves: mean over seeds with 95% t band")
     data = pd.concat(tidy, ignore_index=True) if tidy else pd.DataFrame()
+    if metric.is_text:
+        what = "Training (left) and validation (right) cross-entropy vs optimizer step"
+        cut = "The y axis is cut at 1.3x the initial loss, so exploding runs leave the plot."
+    else:
+        right = panels[1][1]
+        what = (
+            f"Training loss (left, in the task's own units) and {right} (right"
+            + (f"; {metric.unit}, {metric.direction}" if panels[1][0] == "val_metric" else "")
+            + ") vs optimizer step"
+        )
+        cut = (
+            "Loss axes are cut at 1.3x the initial value, so exploding runs leave the plot; "
+            "values spanning two orders of magnitude are on a log scale."
+        )
     caption = (
-        "Training (left) and validation (right) cross-entropy vs optimizer step; line = mean "
-        "over seeds, band = 95% t interval. For each optimizer, the largest learning rate at "
-        f"which some clip setting was stable, with up to {MAX_CURVE_CONFIGS} clip settings at "
-        "that rate. The mean at a step is over the runs still finite there: once a seed has "
-        "dropped out by diverging, the line turns dotted (mean of the survivors) and the band "
-        "stops. The y axis is cut at 1.3x the initial loss, so exploding runs leave the plot."
+        f"{what}; line = mean over seeds, band = 95% t interval. For each optimizer, the "
+        "largest learning rate at which some clip setting was stable, with up to "
+        f"{MAX_CURVE_CONFIGS} clip settings at that rate. The mean at a step is over the runs "
+        "still finite there: once a seed has dropped out by diverging, the line turns dotted "
+        f"(mean of the survivors) and the band stops. {cut}"
     )
     return Plot(fig, data, caption, palette)
 
@@ -674,44 +806,161 @@ def grad_norm_distributions(runs_df: pd.DataFrame, runs_dir: str | os.PathLike[s
 # --------------------------------------------------------------------------- frontier
 
 
-def frontier(cells_df: pd.DataFrame) -> Plot:
-    """Divergence rate vs mean final bpc, one point per cell."""
-    if cells_df.empty or "final_val_bpc_mean" not in cells_df:
+#: Optimizer markers of the frontier; all have an outline, so they can be drawn hollow.
+_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "<", ">", "p", "h", "8")
+DIVERGED_STRIP_LABEL = "all seeds diverged (no final value)"
+
+
+def _optimizer_markers(optimizers: Sequence[str]) -> dict[str, str]:
+    return {o: _MARKERS[i % len(_MARKERS)] for i, o in enumerate(optimizers)}
+
+
+def diverged_strip_rows(
+    gone: pd.DataFrame, facets: Sequence[str], max_rows: int = MAX_STRIP_ROWS
+) -> tuple[list[str], np.ndarray]:
+    """Rows of the frontier's divergence strip: one per optimizer and clip setting.
+
+    ``gone`` holds the configurations where every seed diverged (with ``optimizer`` and
+    ``clip_method`` display columns). Returns the row labels (``SGD · norm 1: lr 2, 8``)
+    and, for each configuration, its row. Beyond ``max_rows`` the rest share a last row,
+    ``k more settings``: every configuration is still drawn.
+    """
+    if gone.empty:
+        return [], np.zeros(0, dtype=int)
+    thr = pd.to_numeric(gone["threshold"], errors="coerce").astype(float)
+    rows = pd.DataFrame(
+        {
+            "opt": gone["optimizer"].astype(str).to_numpy(),
+            "rank": [_method_sort_key(m) for m in gone["clip_method"]],
+            "thr": thr.fillna(-np.inf).to_numpy(),
+            "lr": pd.to_numeric(gone["optim.lr"], errors="coerce").to_numpy(dtype=float)
+            if "optim.lr" in gone
+            else np.nan,
+        }
+    )
+    clip = [
+        fmt.clip_short(m, t) if m != "?" else "all runs"
+        for m, t in zip(gone["clip_method"], gone["threshold"], strict=True)
+    ]
+    extra = [
+        ", ".join(f"{c}={fmt.num(rec[c])}" for c in facets if c != "optim.name")
+        for rec in gone.to_dict("records")
+    ]
+    rows["key"] = [
+        f"{o} · {c}" + (f" ({e})" if e else "")
+        for o, c, e in zip(rows["opt"], clip, extra, strict=True)
+    ]
+    first = rows.sort_values(["opt", "rank", "thr", "key"], kind="stable").drop_duplicates("key")
+    order = list(first["key"])
+    shown = order if len(order) <= max_rows else order[: max_rows - 1]
+    labels = []
+    for k in shown:
+        lrs = sorted({v for v in rows.loc[rows["key"] == k, "lr"] if np.isfinite(v)})
+        labels.append(f"{k}: lr {', '.join(fmt.lr(v) for v in lrs)}" if lrs else k)
+    if len(order) > len(shown):
+        labels.append(f"{len(order) - len(shown)} more settings")
+    row_of = {k: i for i, k in enumerate(shown)}
+    return labels, np.array([row_of.get(k, len(shown)) for k in rows["key"]], dtype=int)
+
+
+def _draw_strip(
+    ax,
+    gone: pd.DataFrame,
+    labels: list[str],
+    rows: np.ndarray,
+    palette: dict[str, tuple[float, float, float]],
+    markers: dict[str, str],
+) -> None:
+    """Hollow markers at each all-diverged configuration's divergence rate, one row per setting."""
+    ax.set_facecolor("#f4f4f4")
+    ax.grid(False)
+    x = gone["divergence_rate"].to_numpy(dtype=float)
+    y = rows + 1.0  # row 0 holds the strip's label
+    for opt, marker in markers.items():
+        sel = (gone["optimizer"] == opt).to_numpy()
+        if not sel.any():
+            continue
+        edge = [palette[m] for m in gone["clip_method"][sel]]
+        ax.scatter(
+            x[sel], y[sel], marker=marker, s=55, facecolors="none", edgecolors=edge,
+            linewidths=1.4, zorder=3,
+        )
+    ax.text(0.0, 0.0, DIVERGED_STRIP_LABEL, ha="left", va="center", fontsize=8,
+            fontweight="bold", color="0.25")
+    for i, lab in enumerate(labels):
+        ax.text(0.96, i + 1.0, lab, ha="right", va="center", fontsize=8, color="0.2")
+    ax.set_ylim(len(labels) + 0.6, -0.6)
+    ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+
+
+def frontier(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
+    """Divergence rate vs mean final metric, one point per cell.
+
+    Configurations where every seed diverged have no final value; they are drawn as
+    hollow markers in a strip above the plot (at their divergence rate, 1), one row per
+    optimizer and clip setting naming the learning rates, so divergence stays visible.
+    ``metric`` defaults to the one metric of ``cells_df``.
+    """
+    metric = metric or metric_of(cells_df)
+    col = "final_val_metric_mean"
+    if cells_df.empty or col not in cells_df:
         raise FigureSkipped("no configuration has any run")
-    data = cells_df[(cells_df["n"] > 0) & cells_df["final_val_bpc_mean"].notna()].copy()
+    has = cells_df["n"] > 0
+    missing = has & cells_df[col].isna()
+    all_div = missing & (cells_df["n_diverged"] == cells_df["n"])
+    data = cells_df[has & cells_df[col].notna()].copy()
     if data.empty:
         raise FigureSkipped(
-            "no configuration has a finished run with a final validation bpc, so there is no "
-            "quality to plot"
+            f"no configuration has a finished run with a final validation {metric.label}, so "
+            f"there is no quality to plot ({int(all_div.sum())} diverged in every seed)"
         )
-    omitted = int(((cells_df["n"] > 0) & cells_df["final_val_bpc_mean"].isna()).sum())
-    data["clip_method"] = _obj(data["clip.method"]) if "clip.method" in data else "?"
-    data["optimizer"] = _obj(data["optim.name"].map(fmt.optimizer)) if "optim.name" in data else "?"
-    methods = _methods(data["clip_method"])
-    optimizers = sorted(set(data["optimizer"]))
+    gone = cells_df[all_div].copy()
+    omitted = int((missing & ~all_div).sum())
+    for frame in (data, gone):
+        frame["clip_method"] = _obj(frame["clip.method"]) if "clip.method" in frame else "?"
+        frame["optimizer"] = (
+            _obj(frame["optim.name"].map(fmt.optimizer)) if "optim.name" in frame else "?"
+        )
+        frame["clip_method"] = _obj(frame["clip_method"])
+        frame["optimizer"] = _obj(frame["optimizer"])
+    methods = _methods(pd.concat([data["clip_method"], gone["clip_method"]]))
+    optimizers = sorted(set(data["optimizer"]) | set(gone["optimizer"]))
     palette = clip_palette(methods)
+    markers = _optimizer_markers(optimizers)
+    labels, rows = diverged_strip_rows(gone, facet_columns(cells_df))
+    y = data[col].to_numpy(dtype=float)
+    log = _log_worthy(y)
     with _style():
-        fig = Figure(figsize=(7.5, 5.0), layout="constrained")
-        ax = fig.subplots()
+        strip_h = 0.28 * (len(labels) + 1) + 0.15 if labels else 0.0
+        fig = Figure(figsize=(7.5, 5.0 + strip_h), layout="constrained")
+        if labels:
+            gs = fig.add_gridspec(2, 1, height_ratios=[strip_h, 4.6])
+            ax = fig.add_subplot(gs[1])  # the plot first: figure.axes[0]
+            strip = fig.add_subplot(gs[0], sharex=ax)
+        else:
+            ax = fig.subplots()
         x = data["divergence_rate"].to_numpy(dtype=float)
-        y = data["final_val_bpc_mean"].to_numpy(dtype=float)
-        yl, yh = (
-            data["final_val_bpc_lo"].to_numpy(dtype=float),
-            data["final_val_bpc_hi"].to_numpy(dtype=float),
-        )
+        yl = data["final_val_metric_lo"].to_numpy(dtype=float)
+        yh = data["final_val_metric_hi"].to_numpy(dtype=float)
         oky = np.isfinite(yl) & np.isfinite(yh)
+        if log:  # a t interval can reach below 0; on a log axis draw it to the floor
+            yl = np.where(yl > 0, yl, float(np.nanmin(y)) / 10.0)
+            ax.set_yscale("log")
         err = {"fmt": "none", "ecolor": "0.7", "elinewidth": 0.8, "capsize": 2, "zorder": 1}
         if oky.any():
             ax.errorbar(x[oky], y[oky], yerr=np.vstack([y[oky] - yl[oky], yh[oky] - y[oky]]), **err)
         sns.scatterplot(
             data=data,
             x="divergence_rate",
-            y="final_val_bpc_mean",
+            y=col,
             hue="clip_method",
             hue_order=methods,
             palette=palette,
             style="optimizer",
             style_order=optimizers,
+            markers=markers,
             s=55,
             edgecolor="white",
             linewidth=0.5,
@@ -720,20 +969,33 @@ def frontier(cells_df: pd.DataFrame) -> Plot:
         )
         ax.set_xlim(-0.05, 1.05)
         ax.set_xlabel("divergence rate (fraction of seeds that diverged)")
-        ax.set_ylabel("final validation bpc, mean of finished seeds (bits/char)")
-        ax.set_title("Stability vs quality: one point per configuration")
+        scale = "log scale" if log else ""
+        ax.set_ylabel(metric.axis(suffix=", mean of finished seeds", note=scale, wrap=True))
         leg = ax.get_legend()
         if leg is not None:
             for t in leg.get_texts():
                 if t.get_text() == "clip_method":
                     t.set_text("clip method")
+        if labels:
+            _draw_strip(strip, gone, labels, rows, palette, markers)
+        fig.suptitle("Stability vs quality: one point per configuration")
+    corner = "Lower left" if metric.lower_is_better else "Upper left"
     caption = (
         "Each point is one configuration (optimizer, clip setting, learning rate): its divergence "
-        "rate (x) against the mean final validation bpc of its finished seeds (y; grey bar = 95% t "
-        "interval, shown with 2+ finished seeds). The rates' Wilson intervals are in the "
-        "configurations table. Lower left is better."
+        f"rate (x) against the mean final validation {metric.long} of its finished seeds (y, "
+        f"{metric.unit}{'; log scale' if log else ''}; grey bar = 95% t interval, shown with 2+ "
+        "finished seeds). The rates' Wilson intervals are in the configurations table. "
+        f"{corner} is better."
         + (
-            f" {omitted} configuration(s) where no seed finished have no y value and are not shown."
+            f" Hollow markers in the strip above the plot: the {len(gone)} configuration(s) "
+            "where every seed diverged, so there is no final value; they sit at divergence "
+            "rate 1, one row per optimizer and clip setting with its learning rates."
+            if len(gone)
+            else ""
+        )
+        + (
+            f" {omitted} configuration(s) whose finished seeds recorded no final value are not "
+            "shown."
             if omitted
             else ""
         )
@@ -743,19 +1005,28 @@ def frontier(cells_df: pd.DataFrame) -> Plot:
 
 # --------------------------------------------------------------------------- driver
 
-_TITLES = {
-    "divergence_heatmap": "Divergence rate",
-    "bpc_heatmap": "Final validation bits per character",
-    "loss_curves": "Loss curves",
-    "grad_norms": "Gradient-norm distributions",
-    "frontier": "Stability–quality frontier",
-}
+
+def figure_title(kind: str, metric: MetricInfo) -> str:
+    """The heading a document gives a figure."""
+    return {
+        "divergence_heatmap": "Divergence rate",
+        "quality_heatmap": f"Final validation {metric.long}",
+        "loss_curves": "Loss curves",
+        "grad_norms": "Gradient-norm distributions",
+        "frontier": "Stability–quality frontier",
+    }[kind]
 
 
 def _save(fig: Figure, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=DPI, format="png")
     os.replace(tmp, path)
+
+
+def _is_report_figure(stem: str) -> bool:
+    """A PNG name this module writes (so a re-render may remove it when it is stale)."""
+    base = stem.split("-", 1)[0]
+    return base in FIGURE_KINDS or base.endswith("_heatmap")
 
 
 def make_figures(
@@ -767,34 +1038,58 @@ def make_figures(
 ) -> list[FigureResult]:
     """Draw every figure into ``fig_dir``; a figure that cannot be drawn becomes a note.
 
-    A PNG left from an earlier render of a figure that is now skipped is removed, so a
-    directory never shows a stale figure.
+    One set of figures per task group (task and metric) when the runs hold several,
+    named ``<name>-<task>`` and titled with the task; otherwise one set named by kind.
+    A report figure left in ``fig_dir`` by an earlier render that this one did not
+    write is removed, so a directory never shows a stale figure.
     """
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    builders = {
-        "divergence_heatmap": lambda: divergence_heatmap(cells_df),
-        "bpc_heatmap": lambda: bpc_heatmap(cells_df),
-        "loss_curves": lambda: loss_curves(runs_df, cells_df, stable_df, runs_dir),
-        "grad_norms": lambda: grad_norm_distributions(runs_df, runs_dir),
-        "frontier": lambda: frontier(cells_df),
-    }
-    results = []
-    for name in FIGURE_NAMES:
-        path = fig_dir / f"{name}.png"
-        try:
-            plot = builders[name]()
-        except FigureSkipped as exc:
-            path.unlink(missing_ok=True)
-            results.append(FigureResult(name, _TITLES[name], "", note=f"skipped: {exc}"))
-            continue
-        except Exception as exc:  # a figure must not cost the whole report  # noqa: BLE001
-            path.unlink(missing_ok=True)
-            warnings.warn(f"figure {name} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+    # number cells over the whole table, as cells() did, before splitting it by task
+    runs_df = runs_df.assign(cell=cell_index(runs_df))
+    groups = split_by_task(runs_df, cells_df, stable_df)
+    if not groups:  # nothing readable: one set of notes, named as for text runs
+        empty = [runs_df, cells_df, stable_df]
+        groups = [(TaskGroup(None, BPC, "all_runs"), empty)]
+    multi = len(groups) > 1
+    results: list[FigureResult] = []
+    for group, (runs_g, cells_g, stable_g) in groups:
+        metric = group.metric
+        builders: dict[str, Callable[[], Plot]] = {
+            "divergence_heatmap": lambda c=cells_g: divergence_heatmap(c),
+            "quality_heatmap": lambda c=cells_g, m=metric: metric_heatmap(c, m),
+            "loss_curves": lambda r=runs_g, c=cells_g, s=stable_g, m=metric: loss_curves(
+                r, c, s, runs_dir, m
+            ),
+            "grad_norms": lambda r=runs_g: grad_norm_distributions(r, runs_dir),
+            "frontier": lambda c=cells_g, m=metric: frontier(c, m),
+        }
+        for kind in FIGURE_KINDS:
+            name = figure_name(kind, group, multi)
+            title = figure_title(kind, metric)
+            task = group if multi else None
+            try:
+                plot = builders[kind]()
+            except FigureSkipped as exc:
+                results.append(
+                    FigureResult(name, title, "", note=f"skipped: {exc}", kind=kind, task=task)
+                )
+                continue
+            except Exception as exc:  # a figure must not cost the whole report  # noqa: BLE001
+                warnings.warn(f"figure {name} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+                note = f"failed: {type(exc).__name__}: {exc}"
+                results.append(FigureResult(name, title, "", note=note, kind=kind, task=task))
+                continue
+            if multi:
+                fig = plot.figure
+                fig.suptitle(f"{group.label} ({metric.label}) — {fig.get_suptitle()}")
+            path = fig_dir / f"{name}.png"
+            _save(plot.figure, path)
             results.append(
-                FigureResult(name, _TITLES[name], "", note=f"failed: {type(exc).__name__}: {exc}")
+                FigureResult(name, title, plot.caption, path=path, kind=kind, task=task)
             )
-            continue
-        _save(plot.figure, path)
-        results.append(FigureResult(name, _TITLES[name], plot.caption, path=path))
+    written = {f.path.name for f in results if f.path is not None}
+    for old in fig_dir.glob("*.png"):
+        if old.name not in written and _is_report_figure(old.stem):
+            old.unlink(missing_ok=True)
     return results

@@ -5,6 +5,11 @@ from ``figures/``); the HTML file embeds its figures as data URIs, so it can be
 mailed or archived as one file. Both open with sentences generated from the numbers,
 because that is what most readers will read; every sentence states its n.
 Missing values print as an em dash, never as a number.
+
+Quality is stated in each task's own metric (its name in every sentence and header).
+When the runs hold several task groups (task and metric), each gets its own section -
+sentences, tables, figures - because numbers in different units must never be
+compared or averaged; the headline then only counts runs and lists the tasks.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import html
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from seqbench.report import _format as fmt
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
 from seqbench.report.stats import STAT_COLUMNS, varying_within, wilson_interval
+from seqbench.report.tasks import BPC, MetricInfo, TaskGroup, metric_of, split_by_task
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;
@@ -42,10 +50,23 @@ ul.summary li{margin:.25em 0}
 _STABLE_NOTE = (
     "Largest learning rate at which no seed diverged (n ≥ 1 runs with a verdict, none diverged)."
 )
-_CELLS_NOTE = (
-    "One row per configuration, aggregated over seeds. Rates are over runs that completed or "
-    "diverged (n); bpc is over finished runs only. — means no value (nothing is imputed)."
-)
+
+
+def cells_note(metric: MetricInfo = BPC, success: bool = False) -> str:
+    """The sentence above a configurations table: what its numbers are over."""
+    unit = f"{metric.unit}; {metric.direction}" if metric.unit else metric.direction
+    text = (
+        "One row per configuration, aggregated over seeds. Rates are over runs that completed "
+        f"or diverged (n); the final validation {metric.label} ({unit}) is a mean over finished "
+        "runs only, with a 95% t interval."
+    )
+    if success:
+        text += (
+            " Success counts the runs that met the task's success criterion, out of the "
+            "completed runs checked against it and the runs that diverged (a diverged run did "
+            "not meet it), with a 95% Wilson interval."
+        )
+    return text + " — means no value (nothing is imputed)."
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,7 +147,9 @@ def _ratio(b: float, a: float) -> str:
     return f"{r:.3g}×"
 
 
-def _stability_sentences(name: str, recs: list[dict], ctx_cells: list[dict]) -> list[str]:
+def _stability_sentences(
+    name: str, recs: list[dict], ctx_cells: list[dict], metric: MetricInfo = BPC
+) -> list[str]:
     """Unclipped vs the best clip setting for one optimizer (and swept setting), in words."""
     out: list[str] = []
     base = [r for r in recs if r["clip.method"] == "none"]
@@ -140,18 +163,18 @@ def _stability_sentences(name: str, recs: list[dict], ctx_cells: list[dict]) -> 
             r, ["threshold"]
         )
 
-    def bpc_at(r: dict, lr: float) -> float:
+    def score_at(r: dict, lr: float) -> float:
+        """The cell's final metric, smaller is better (missing is worst)."""
         for c in ctx_cells:
             if same_setting(c, r) and c["optim.lr"] == lr:
-                v = c["final_val_bpc_mean"]
-                return math.inf if fmt.is_missing(v) else float(v)
+                return float(metric.score([c["final_val_metric_mean"]])[0])
         return math.inf
 
-    # the clipped setting with the largest stable lr; ties go to the better final bpc
+    # the clipped setting with the largest stable lr; ties go to the better final metric
     best = None
     if clipped:
         best = min(
-            clipped, key=lambda r: (-r["largest_stable_lr"], bpc_at(r, r["largest_stable_lr"]))
+            clipped, key=lambda r: (-r["largest_stable_lr"], score_at(r, r["largest_stable_lr"]))
         )
     b_lr = best["largest_stable_lr"] if best else math.nan
     phrase = fmt.clip_phrase(best["clip.method"], best["threshold"]) if best else ""
@@ -213,16 +236,8 @@ def _stability_sentences(name: str, recs: list[dict], ctx_cells: list[dict]) -> 
     return out
 
 
-def _quality_sentence(cells_df: pd.DataFrame, n_completed: int) -> str:
-    fin = cells_df[cells_df["n_finished"] > 0] if not cells_df.empty else cells_df
-    if fin.empty or not fin["final_val_bpc_mean"].notna().any():
-        if n_completed == 0:
-            return "No run finished, so there is no final validation bpc to compare."
-        return (
-            f"None of the {n_completed} finished runs recorded a final validation bpc "
-            "(was evaluation off?), so quality cannot be compared."
-        )
-    rec = fin.loc[fin["final_val_bpc_mean"].idxmin()].to_dict()
+def _setting_phrase(rec: dict, extra: Sequence[str] = ()) -> str:
+    """``SGD, lr 0.1, norm clipping at 1`` (+ any distinguishing setting)."""
     parts = []
     if "optim.name" in rec:
         parts.append(fmt.optimizer(rec["optim.name"]))
@@ -230,48 +245,130 @@ def _quality_sentence(cells_df: pd.DataFrame, n_completed: int) -> str:
         parts.append(f"lr {fmt.lr(rec['optim.lr'])}")
     if "clip.method" in rec:
         parts.append(fmt.clip_phrase(rec["clip.method"], rec.get("threshold")))
-    mean, lo, hi = rec["final_val_bpc_mean"], rec["final_val_bpc_lo"], rec["final_val_bpc_hi"]
+    parts += [f"{c}={fmt.num(rec[c]) if not isinstance(rec[c], str) else rec[c]}" for c in extra]
+    return ", ".join(parts) if parts else "every run"
+
+
+def _ci_words(mean: object, lo: object, hi: object) -> str:
+    """``1.49 (95% CI 1.35–1.62)``, or the mean alone where there is no interval."""
     text = fmt.interval(mean, lo, hi)
     if "[" in text:  # "1.49 [1.35, 1.62]" -> "1.49 (95% CI 1.35–1.62)"
         m, rest = text.split(" [", 1)
         a, b = rest.rstrip("]").split(", ")
         text = f"{m} (95% CI {a}–{b})"
+    return text
+
+
+def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricInfo = BPC) -> str:
+    """The best mean final metric (lowest or highest, as the metric says) and where."""
+    label = metric.label
+    col = "final_val_metric_mean"
+    fin = cells_df[cells_df["n_finished"] > 0] if not cells_df.empty else cells_df
+    if fin.empty or not fin[col].notna().any():
+        if n_completed == 0:
+            return f"No run finished, so there is no final validation {label} to compare."
+        return (
+            f"None of the {n_completed} finished runs recorded a final validation {label} "
+            "(was evaluation off?), so quality cannot be compared."
+        )
+    best = int(np.argmin(metric.score(fin[col])))
+    rec = fin.iloc[best].to_dict()
+    text = _ci_words(rec[col], rec["final_val_metric_lo"], rec["final_val_metric_hi"])
     caveat = (
         f"; {int(rec['n_diverged'])} of its {int(rec['n'])} seeds diverged"
         if rec["n_diverged"]
         else ""
     )
+    word = "lowest" if metric.lower_is_better else "highest"
     return (
-        f"The lowest mean final validation bpc was {text}, with {', '.join(parts)} "
+        f"The {word} mean final validation {label} was {text}, with "
+        f"{_setting_phrase(rec, _distinguishing(cells_df))} "
         f"({int(rec['n_finished'])} of {int(rec['n'])} seeds finished{caveat})."
     )
 
 
-def headline(
-    collected: CollectResult, cells_df: pd.DataFrame, stable_df: pd.DataFrame
-) -> list[str]:
-    """A few sentences that state what the sweep found, each with its counts."""
-    runs = collected.runs
-    out: list[str] = []
-    status = runs["status"].astype(object) if not runs.empty else pd.Series(dtype=object)
-    n_completed = int((status == "completed").sum())
-    n_diverged = int((status == "diverged").sum())
-    n_incomplete, n_corrupt = len(collected.incomplete), len(collected.corrupt)
-    with_runs = cells_df[cells_df["n"] > 0] if not cells_df.empty else cells_df
-    seeds = ""
-    if not with_runs.empty:
-        lo, hi = int(with_runs["n"].min()), int(with_runs["n"].max())
-        seeds = f"{lo}–{hi} seeds" if lo != hi else f"{lo} seed{'s' if lo != 1 else ''}"
-        seeds = f", {seeds} per configuration"
-    out.append(
-        f"{collected.n_found} run directories: {n_completed} completed, {n_diverged} diverged, "
-        f"{n_incomplete} incomplete and {n_corrupt} corrupt; "
-        f"{len(with_runs)} configurations{seeds}."
-    )
-    if n_completed + n_diverged == 0:
-        out.append("No run has finished or diverged yet, so there are no rates to report.")
-        return out
+def _task_name(group: TaskGroup | None) -> str:
+    return "The task" if group is None or group.task is None else f"Task {group.task}"
 
+
+def _success_sentence(cells_df: pd.DataFrame, group: TaskGroup | None) -> str | None:
+    """How often the task's success criterion was met: the best configuration and overall."""
+    if cells_df.empty or "n_success_trials" not in cells_df:
+        return None
+    trials = pd.to_numeric(cells_df["n_success_trials"], errors="coerce")
+    if not trials.notna().any():
+        return None  # the task has no success criterion
+    name = _task_name(group)
+    tried = cells_df[trials.fillna(0) > 0]
+    if tried.empty:
+        return f"{name} has a success criterion, but no run has been checked against it yet."
+    k_all = int(pd.to_numeric(tried["n_success"]).sum())
+    n_all = int(pd.to_numeric(tried["n_success_trials"]).sum())
+    n_cfg = len(tried)
+    cfgs = f"{n_cfg} configuration{'s' if n_cfg != 1 else ''}"
+    if k_all == 0:
+        return (
+            f"{name} never met its success criterion: 0 of {n_all} runs across {cfgs} "
+            "(diverged runs count as not met)."
+        )
+    metric = metric_of(cells_df)
+    order = np.lexsort(
+        (
+            metric.score(tried["final_val_metric_mean"]),
+            -pd.to_numeric(tried["n_success_trials"]).to_numpy(dtype=float),
+            -pd.to_numeric(tried["success_rate"]).to_numpy(dtype=float),
+        )
+    )
+    rec = tried.iloc[int(order[0])].to_dict()
+    k, n = int(rec["n_success"]), int(rec["n_success_trials"])
+    lo, hi = float(rec["success_rate_lo"]), float(rec["success_rate_hi"])
+    same = int(
+        (
+            (pd.to_numeric(tried["n_success"]) == k)
+            & (pd.to_numeric(tried["n_success_trials"]) == n)
+        ).sum()
+    )
+    ties = ""
+    if same > 1:
+        ties = f" ({same - 1} other configuration{'s' if same > 2 else ''} did as well)"
+    overall = (
+        f"over all {cfgs}, {k_all} of {n_all} runs met it"
+        if n_cfg > 1
+        else "the only configuration checked"
+    )
+    return (
+        f"{name} met its success criterion in {k} of {n} runs with "
+        f"{_setting_phrase(rec, _distinguishing(cells_df))} (95% Wilson interval "
+        f"{lo:.2f}–{hi:.2f}), the highest success rate{ties}; {overall} "
+        "(diverged runs count as not met)."
+    )
+
+
+def _counts(runs: pd.DataFrame) -> tuple[int, int]:
+    status = runs["status"].astype(object) if not runs.empty else pd.Series(dtype=object)
+    return int((status == "completed").sum()), int((status == "diverged").sum())
+
+
+def _seeds_phrase(with_runs: pd.DataFrame) -> str:
+    if with_runs.empty:
+        return ""
+    lo, hi = int(with_runs["n"].min()), int(with_runs["n"].max())
+    seeds = f"{lo}–{hi} seeds" if lo != hi else f"{lo} seed{'s' if lo != 1 else ''}"
+    return f", {seeds} per configuration"
+
+
+def task_sentences(
+    runs: pd.DataFrame,
+    cells_df: pd.DataFrame,
+    stable_df: pd.DataFrame,
+    group: TaskGroup | None = None,
+) -> list[str]:
+    """What one task group's runs found: stability, divergence kinds, quality, success."""
+    out: list[str] = []
+    metric = group.metric if group is not None else metric_of(cells_df)
+    n_completed, n_diverged = _counts(runs)
+    if n_completed + n_diverged == 0:
+        return ["No run of it has finished or diverged yet, so there are no rates to report."]
     if not stable_df.empty and "clip.method" in stable_df.columns:
         ctx_cols = _context_cols(stable_df)
         contexts: dict[tuple, list[dict]] = {}
@@ -281,17 +378,55 @@ def headline(
         cell_cols = [c for c in ctx_cols if c in cells_df.columns]
         for ctx, recs in contexts.items():
             ctx_cells = [c for c in cells_rec if _key(c, cell_cols) == ctx and c["n"] > 0]
-            out += _stability_sentences(_context_name(recs[0], ctx_cols), recs, ctx_cells)
-
+            name = _context_name(recs[0], ctx_cols)
+            out += _stability_sentences(name, recs, ctx_cells, metric)
     if n_diverged:
-        div = runs.loc[status == "diverged", "divergence"].astype(object)
+        div = runs.loc[runs["status"].astype(object) == "diverged", "divergence"].astype(object)
         n_nf, n_ex = int((div == "nonfinite").sum()), int((div == "exploded").sum())
         out.append(
             f"Of the {n_diverged} diverged runs, {n_nf} hit a non-finite loss or gradient "
             f"and {n_ex} exploded."
         )
+    out.append(_quality_sentence(cells_df, n_completed, metric))
+    success = _success_sentence(cells_df, group)
+    if success:
+        out.append(success)
+    return out
 
-    out.append(_quality_sentence(cells_df, n_completed))
+
+def headline(
+    collected: CollectResult, cells_df: pd.DataFrame, stable_df: pd.DataFrame
+) -> list[str]:
+    """A few sentences that state what the sweep found, each with its counts.
+
+    With one task group, every finding is here; with several, this holds the counts and
+    the list of tasks, and :func:`task_sentences` gives each task's findings.
+    """
+    runs = collected.runs
+    out: list[str] = []
+    n_completed, n_diverged = _counts(runs)
+    n_incomplete, n_corrupt = len(collected.incomplete), len(collected.corrupt)
+    with_runs = cells_df[cells_df["n"] > 0] if not cells_df.empty else cells_df
+    out.append(
+        f"{collected.n_found} run directories: {n_completed} completed, {n_diverged} diverged, "
+        f"{n_incomplete} incomplete and {n_corrupt} corrupt; "
+        f"{len(with_runs)} configurations{_seeds_phrase(with_runs)}."
+    )
+    if n_completed + n_diverged == 0:
+        out.append("No run has finished or diverged yet, so there are no rates to report.")
+        return out
+
+    groups = split_by_task(runs, cells_df, stable_df)
+    if len(groups) > 1:
+        listed = [f"{g.label}, scored by {g.metric.axis(prefix='').strip()}" for g, _ in groups]
+        out.append(
+            f"The runs belong to {len(groups)} tasks, each with its own quality measure, so "
+            f"each is reported in its own section and never averaged with another: "
+            f"{'; '.join(listed)}."
+        )
+    else:
+        group = groups[0][0] if groups else None
+        out += task_sentences(runs, cells_df, stable_df, group)
 
     if not with_runs.empty:
         n_typ = int(with_runs["n"].mode().iloc[0])
@@ -342,12 +477,29 @@ def stable_table(stable_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cells_table(cells_df: pd.DataFrame) -> pd.DataFrame:
-    """The cells table as display strings; n is shown in every row."""
+def quality_header(metric: MetricInfo) -> str:
+    """Header of the quality column: ``final val MSE [95% CI]``."""
+    return f"final val {metric.label} [95% CI]"
+
+
+SUCCESS_HEADER = "success k/n (rate [95% CI])"
+
+
+def cells_table(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> pd.DataFrame:
+    """The cells table of one task group as display strings; n is shown in every row.
+
+    The quality column is named after the metric (``metric`` defaults to the one metric
+    of ``cells_df``; a table that mixes metrics raises). A success column appears where
+    the task has a success criterion.
+    """
     if cells_df.empty:
         return pd.DataFrame()
+    metric = metric or metric_of(cells_df)
     extra = _distinguishing(cells_df)
     show_incomplete = bool((cells_df["n_incomplete"] > 0).any())
+    show_success = (
+        "n_success_trials" in cells_df and bool(cells_df["n_success_trials"].notna().any())
+    )
     rows = []
     for r in cells_df.to_dict("records"):
         row = _setting_columns(r, extra, with_lr=True)
@@ -359,9 +511,16 @@ def cells_table(cells_df: pd.DataFrame) -> pd.DataFrame:
         )
         row["non-finite k/n"] = f"{int(r['n_nonfinite'])}/{int(r['n'])}" if r["n"] else fmt.MISSING
         row["finished"] = str(int(r["n_finished"]))
-        row["final val bpc [95% CI]"] = fmt.interval(
-            r["final_val_bpc_mean"], r["final_val_bpc_lo"], r["final_val_bpc_hi"]
+        row[quality_header(metric)] = fmt.interval(
+            r["final_val_metric_mean"], r["final_val_metric_lo"], r["final_val_metric_hi"]
         )
+        if show_success:
+            trials = r["n_success_trials"]
+            row[SUCCESS_HEADER] = (
+                fmt.MISSING
+                if fmt.is_missing(trials)
+                else fmt.rate(r["n_success"], trials, r["success_rate_lo"], r["success_rate_hi"])
+            )
         row["median divergence step"] = fmt.num(r["median_divergence_step"])
         row["median grad norm"] = fmt.num(r["grad_norm_pre_median"])
         row["clip fraction"] = fmt.num(r["clip_fraction"], 2)
@@ -427,6 +586,107 @@ def _problem_items(collected: CollectResult) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- documents
 
 
+@dataclass
+class Section:
+    """What a document shows for one task group (the whole report when there is one).
+
+    ``group`` is None for a single-task report, whose findings are in the headline;
+    otherwise the section gets its own heading and sentences.
+    """
+
+    group: TaskGroup | None
+    sentences: list[str]
+    shared: list[tuple[str, str]]
+    stable: pd.DataFrame
+    cells: pd.DataFrame
+    note: str
+    figures: list[FigureResult] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        if self.group is None:
+            return ""
+        return f"Task {self.group.label}: {self.group.metric.axis(prefix='').strip()}"
+
+
+def sections(
+    collected: CollectResult,
+    cells_df: pd.DataFrame,
+    stable_df: pd.DataFrame,
+    figures: Sequence[FigureResult],
+) -> list[Section]:
+    """One :class:`Section` per task group (one without heading when there is one group)."""
+    groups = split_by_task(collected.runs, cells_df, stable_df)
+    if len(groups) <= 1:
+        metric = groups[0][0].metric if groups else BPC
+        success = bool(groups and groups[0][0].has_success)
+        return [
+            Section(
+                None,
+                [],
+                _constant_settings(cells_df),
+                stable_table(stable_df),
+                cells_table(cells_df, metric),
+                cells_note(metric, success),
+                list(figures),
+            )
+        ]
+    out = []
+    for group, (runs_g, cells_g, stable_g) in groups:
+        with_runs = cells_g[cells_g["n"] > 0] if not cells_g.empty else cells_g
+        n_completed, n_diverged = _counts(runs_g)
+        counts = (
+            f"{len(runs_g)} run{'s' if len(runs_g) != 1 else ''}: {n_completed} completed, "
+            f"{n_diverged} diverged, "
+            f"{len(runs_g) - n_completed - n_diverged} incomplete; "
+            f"{len(with_runs)} configurations{_seeds_phrase(with_runs)}."
+        )
+        out.append(
+            Section(
+                group,
+                [counts, *task_sentences(runs_g, cells_g, stable_g, group)],
+                _constant_settings(cells_g),
+                stable_table(stable_g),
+                cells_table(cells_g, group.metric),
+                cells_note(group.metric, group.has_success),
+                [f for f in figures if f.task is not None and f.task.slug == group.slug],
+            )
+        )
+    return out
+
+
+def _md_section(sec: Section) -> list[str]:
+    h = "##" if sec.group is None else "###"
+    lines: list[str] = []
+    if sec.group is not None:
+        lines += ["", f"## {sec.title}", ""]
+        lines += [f"- {s}" for s in sec.sentences]
+    if sec.shared:
+        scope = "every configuration" if sec.group is None else "every configuration of this task"
+        lines += [
+            "",
+            f"Settings shared by {scope}: " + ", ".join(f"`{k}={v}`" for k, v in sec.shared) + ".",
+        ]
+    lines += ["", f"{h} Largest stable learning rate", "", _STABLE_NOTE, ""]
+    lines.append(_md_table(sec.stable))
+    lines += [f"{h} Configurations", "", sec.note, ""]
+    lines.append(_md_table(sec.cells))
+    lines += [f"{h} Figures", ""]
+    for f in sec.figures:
+        if f.path is None:
+            lines += [f"**{f.title}**: {f.note}", ""]
+        else:
+            lines += [
+                f"{h}# {f.title}",
+                "",
+                f"![{f.title}](figures/{f.path.name})",
+                "",
+                f"_{f.caption}_",
+                "",
+            ]
+    return lines
+
+
 def render_markdown(
     collected: CollectResult,
     cells_df: pd.DataFrame,
@@ -436,48 +696,51 @@ def render_markdown(
 ) -> str:
     lines = [f"# {title}", "", f"Runs directory: `{collected.runs_dir}`", ""]
     lines += [f"- {s}" for s in headline(collected, cells_df, stable_df)]
-    const = _constant_settings(cells_df)
-    if const:
-        lines += [
-            "",
-            "Settings shared by every configuration: "
-            + ", ".join(f"`{k}={v}`" for k, v in const)
-            + ".",
-        ]
-    lines += [
-        "",
-        "## Largest stable learning rate",
-        "",
-        _STABLE_NOTE,
-        "",
-    ]
-    lines.append(_md_table(stable_table(stable_df)))
-    lines += [
-        "## Configurations",
-        "",
-        _CELLS_NOTE,
-        "",
-    ]
-    lines.append(_md_table(cells_table(cells_df)))
-    lines += ["## Figures", ""]
-    for f in figures:
-        if f.path is None:
-            lines += [f"**{f.title}**: {f.note}", ""]
-        else:
-            lines += [
-                f"### {f.title}",
-                "",
-                f"![{f.title}](figures/{f.path.name})",
-                "",
-                f"_{f.caption}_",
-                "",
-            ]
+    for sec in sections(collected, cells_df, stable_df, figures):
+        lines += _md_section(sec)
     inc, cor = _problem_items(collected)
     lines += ["## Incomplete run directories", ""]
     lines += [f"- `{d}` — {s}" for d, s in inc] or ["None."]
     lines += ["", "## Corrupt run directories", ""]
     lines += [f"- `{d}` — {s}" for d, s in cor] or ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _html_section(sec: Section) -> list[str]:
+    e = html.escape
+    h = "h2" if sec.group is None else "h3"
+    parts: list[str] = []
+    if sec.group is not None:
+        parts.append(f'<h2 id="task-{e(sec.group.slug)}">{e(sec.title)}</h2>')
+        parts.append(
+            '<ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in sec.sentences) + "</ul>"
+        )
+    if sec.shared:
+        scope = "every configuration" if sec.group is None else "every configuration of this task"
+        parts.append(
+            f"<p>Settings shared by {scope}: "
+            + ", ".join(f"<code>{e(k)}={e(v)}</code>" for k, v in sec.shared)
+            + ".</p>"
+        )
+    parts += [
+        f"<{h}>Largest stable learning rate</{h}>",
+        f"<p>{e(_STABLE_NOTE)}</p>",
+        _html_table(sec.stable),
+        f"<{h}>Configurations</{h}>",
+        f"<p>{e(sec.note)}</p>",
+        _html_table(sec.cells),
+        f"<{h}>Figures</{h}>",
+    ]
+    for f in sec.figures:
+        if f.path is None:
+            parts.append(f'<p class="note"><strong>{e(f.title)}</strong>: {e(f.note or "")}</p>')
+            continue
+        b64 = base64.b64encode(f.path.read_bytes()).decode("ascii")
+        parts.append(
+            f'<figure id="{e(f.name)}"><img src="data:image/png;base64,{b64}" alt="{e(f.title)}">'
+            f"<figcaption><strong>{e(f.title)}.</strong> {e(f.caption)}</figcaption></figure>"
+        )
+    return parts
 
 
 def render_html(
@@ -499,31 +762,8 @@ def render_html(
         + "".join(f"<li>{e(s)}</li>" for s in headline(collected, cells_df, stable_df))
         + "</ul>",
     ]
-    const = _constant_settings(cells_df)
-    if const:
-        parts.append(
-            "<p>Settings shared by every configuration: "
-            + ", ".join(f"<code>{e(k)}={e(v)}</code>" for k, v in const)
-            + ".</p>"
-        )
-    parts += [
-        "<h2>Largest stable learning rate</h2>",
-        f"<p>{html.escape(_STABLE_NOTE)}</p>",
-        _html_table(stable_table(stable_df)),
-        "<h2>Configurations</h2>",
-        f"<p>{html.escape(_CELLS_NOTE)}</p>",
-        _html_table(cells_table(cells_df)),
-        "<h2>Figures</h2>",
-    ]
-    for f in figures:
-        if f.path is None:
-            parts.append(f'<p class="note"><strong>{e(f.title)}</strong>: {e(f.note or "")}</p>')
-            continue
-        b64 = base64.b64encode(f.path.read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure id="{e(f.name)}"><img src="data:image/png;base64,{b64}" alt="{e(f.title)}">'
-            f"<figcaption><strong>{e(f.title)}.</strong> {e(f.caption)}</figcaption></figure>"
-        )
+    for sec in sections(collected, cells_df, stable_df, figures):
+        parts += _html_section(sec)
     inc, cor = _problem_items(collected)
     parts.append("<h2>Incomplete run directories</h2>")
     parts.append(

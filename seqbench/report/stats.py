@@ -19,6 +19,7 @@ from scipy.stats import t as student_t
 
 from seqbench.config import NON_EXPERIMENT_KEYS
 from seqbench.report.collect import RUN_COLUMNS
+from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN, task_key_columns, with_metric
 
 #: Two-sided 95% standard-normal quantile, the z of the Wilson interval.
 Z95 = 1.959964
@@ -30,7 +31,9 @@ NON_EXPERIMENT_PREFIXES: tuple[str, ...] = NON_EXPERIMENT_KEYS
 #: Columns the report adds to a runs table; they are never config keys.
 DERIVED_COLUMNS: tuple[str, ...] = ("threshold", "cell")
 
-#: The statistics columns of a cells table, in display order.
+#: The columns of a cells table that are not config keys, in display order: the
+#: statistics, and the metric the quality columns are in (``metric``, ``metric_unit``,
+#: ``metric_lower_is_better``; part of the cell's identity, so metrics never mix).
 STAT_COLUMNS: tuple[str, ...] = (
     "n",
     "n_incomplete",
@@ -43,9 +46,18 @@ STAT_COLUMNS: tuple[str, ...] = (
     "nan_rate",
     "nan_rate_lo",
     "nan_rate_hi",
+    *METRIC_COLUMNS,
+    "final_val_metric_mean",
+    "final_val_metric_lo",
+    "final_val_metric_hi",
     "final_val_bpc_mean",
     "final_val_bpc_lo",
     "final_val_bpc_hi",
+    "n_success",
+    "n_success_trials",
+    "success_rate",
+    "success_rate_lo",
+    "success_rate_hi",
     "median_divergence_step",
     "grad_norm_pre_median",
     "clip_fraction",
@@ -53,7 +65,7 @@ STAT_COLUMNS: tuple[str, ...] = (
 )
 
 #: Columns that lead a cells table (when present), because a reader scans them first.
-LEADING_KEYS: tuple[str, ...] = ("optim.name", "clip.method", "threshold", "optim.lr")
+LEADING_KEYS: tuple[str, ...] = (TASK_COLUMN, "optim.name", "clip.method", "threshold", "optim.lr")
 
 #: Display order of clip methods; unknown methods sort after these, alphabetically.
 CLIP_METHOD_ORDER: tuple[str, ...] = ("none", "value", "norm", "norm_relative")
@@ -198,14 +210,15 @@ def threshold(df: pd.DataFrame) -> pd.Series:
 def cell_index(runs_df: pd.DataFrame) -> pd.Series:
     """Integer cell id for every run (same key columns as :func:`cells`).
 
-    Deterministic for a given table, so figures can map runs to the cells table.
+    A cell is a configuration *and* the metric its runs report, so runs in different
+    units never share a cell. Deterministic for a given table, so figures can map runs
+    to the cells table.
     """
-    keys = cell_key_columns(runs_df)
     if runs_df.empty:
         return pd.Series([], index=runs_df.index, dtype="int64", name="cell")
-    if not keys:
-        return pd.Series(0, index=runs_df.index, dtype="int64", name="cell")
-    gid = runs_df[keys].astype(object).groupby(keys, dropna=False, sort=False).ngroup()
+    df = with_metric(runs_df)
+    keys = [*cell_key_columns(runs_df), *METRIC_COLUMNS]
+    gid = df[keys].astype(object).groupby(keys, dropna=False, sort=False).ngroup()
     return gid.astype("int64").rename("cell")
 
 
@@ -246,22 +259,54 @@ def sort_cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return tmp.drop(columns=[c for c in tmp.columns if c.startswith("__")]).reset_index(drop=True)
 
 
+def _success_columns(df: pd.DataFrame, completed: pd.Series, diverged: pd.Series) -> pd.DataFrame:
+    """Per run: did it meet the task's success criterion, and does it count toward the rate.
+
+    A task has a criterion when any of its runs reported a ``task_success`` verdict.
+    For such a task the trials are the completed runs with a verdict plus the diverged
+    runs - a run that diverged did not meet the criterion (it has no trained model to
+    check), which is the outcome, not an imputation. Completed runs without a verdict
+    (the check was not run) count nowhere.
+    """
+    verdict = df["task_success"].astype(object)
+    known = verdict.notna()
+    tcols = task_key_columns(df)
+    task_id = df[tcols].astype(object).groupby(tcols, dropna=False, sort=False).ngroup()
+    criterion = known.groupby(task_id).transform("any").astype(bool)
+    return pd.DataFrame(
+        {
+            "success": (completed & verdict.isin([True])).astype(int),
+            "trial": ((completed & known) | (diverged & criterion)).astype(int),
+            "criterion": criterion.astype(int),
+        },
+        index=df.index,
+    )
+
+
 def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate runs over seeds: one row per configuration cell.
 
-    Counts and rates use only runs that reached a verdict (``completed`` or
-    ``diverged``); runs still ``running`` or stopped by ``interrupted``/``error`` are
-    counted in ``n_incomplete`` and nowhere else. Rates come with Wilson intervals,
-    ``final_val_bpc_mean`` with a t interval over completed runs with a value; where
-    no run finished the mean is NaN (never imputed), and with one finished run the
-    interval is NaN. ``n_nonfinite`` counts runs that ever saw a NaN/Inf
-    (``first_nonfinite_step`` set or ``divergence == "nonfinite"``), even when a
-    ``skip`` policy let the run complete; ``n_diverged`` counts status ``diverged`` of
-    either kind. ``median_divergence_step`` is over diverged runs: the run's
-    ``divergence_step`` where the writer recorded one, else the first non-finite step,
-    else ``steps_completed`` (exploded runs).
+    A cell is one configuration (every config key but the seed and the keys that do
+    not change what is measured) *and* one metric (``metric``, ``metric_unit``,
+    ``metric_lower_is_better``), so a table can hold several tasks without ever
+    averaging numbers in different units. Counts and rates use only runs that reached a
+    verdict (``completed`` or ``diverged``); runs still ``running`` or stopped by
+    ``interrupted``/``error`` are counted in ``n_incomplete`` and nowhere else. Rates come
+    with Wilson intervals; ``final_val_metric_mean`` (the task's own metric) and
+    ``final_val_bpc_mean`` (text tasks only) with t intervals over completed runs with a
+    value. Where no run finished the mean is NaN (never imputed), and with one finished
+    run the interval is NaN. ``n_nonfinite`` counts runs that ever saw a NaN/Inf
+    (``first_nonfinite_step`` set or ``divergence == "nonfinite"``), even when a ``skip``
+    policy let the run complete; ``n_diverged`` counts status ``diverged`` of either kind.
+    ``median_divergence_step`` is over diverged runs: the run's ``divergence_step`` where
+    the writer recorded one, else the first non-finite step, else ``steps_completed``
+    (exploded runs). ``n_success`` of ``n_success_trials`` runs met the task's success
+    criterion (see :func:`_success_columns`), with ``success_rate`` and its Wilson
+    interval; all missing for tasks without a criterion.
     """
     keys = cell_key_columns(runs_df)
+    group_keys = [*keys, *METRIC_COLUMNS]
+    lead_order = [TASK_COLUMN, "metric", *LEADING_KEYS]
     leading = [k for k in LEADING_KEYS if k in keys or k == "threshold"]
     other = sorted(k for k in keys if k not in LEADING_KEYS)
     key_order = leading + other
@@ -269,7 +314,7 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     if runs_df.empty:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in out_cols})
 
-    df = runs_df.copy()
+    df = with_metric(runs_df)
     df["threshold"] = threshold(df)
     df["cell"] = cell_index(df)
     status = df["status"].astype(object)
@@ -283,6 +328,7 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     )
     nonfinite = verdict & (first_nf.notna() | (divergence == "nonfinite"))
     steps = _num(df, "steps_completed")
+    succ = _success_columns(df, completed, diverged)
 
     work = pd.DataFrame(
         {
@@ -292,7 +338,11 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
             "finished": completed.astype(int),
             "diverged": diverged.astype(int),
             "nonfinite": nonfinite.astype(int),
+            "metric": _num(df, "final_val_metric").where(completed),
             "bpc": _num(df, "final_val_bpc").where(completed),
+            "success": succ["success"],
+            "trial": succ["trial"],
+            "criterion": succ["criterion"],
             "div_step": div_at.fillna(first_nf).fillna(steps).where(diverged),
             "gn": _num(df, "grad_norm_pre_median").where(verdict),
             "clipf": _num(df, "clip_fraction").where(verdict),
@@ -306,25 +356,29 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
         n_finished=("finished", "sum"),
         n_diverged=("diverged", "sum"),
         n_nonfinite=("nonfinite", "sum"),
+        metric_mean=("metric", "mean"),
+        metric_std=("metric", "std"),
+        metric_count=("metric", "count"),
         bpc_mean=("bpc", "mean"),
         bpc_std=("bpc", "std"),
         bpc_count=("bpc", "count"),
+        n_success=("success", "sum"),
+        n_trials=("trial", "sum"),
+        criterion=("criterion", "max"),
         median_divergence_step=("div_step", "median"),
         grad_norm_pre_median=("gn", "median"),
         clip_fraction=("clipf", "mean"),
         tokens_per_second=("tps", "mean"),
     )
-    firsts = df.groupby("cell", sort=True)[[*keys, "threshold"]].first() if keys else None
+    firsts = df.groupby("cell", sort=True)[[*group_keys, "threshold"]].first()
 
     n = agg["n"].to_numpy(dtype=float)
     out = pd.DataFrame(index=agg.index)
     out["cell"] = agg.index.to_numpy()
-    if firsts is not None:
-        # .first() skips NaN; a key that is NaN in some runs of a cell is NaN in all.
-        for k in key_order:
-            out[k] = firsts[k]
-    else:
-        out["threshold"] = df.groupby("cell", sort=True)["threshold"].first()
+    # .first() skips NaN; a key that is NaN in some runs of a cell is NaN in all.
+    for k in [*key_order, *METRIC_COLUMNS]:
+        out[k] = firsts[k]
+    out["metric_lower_is_better"] = out["metric_lower_is_better"].astype(bool)
     for c in ("n", "n_incomplete", "n_finished", "n_diverged", "n_nonfinite"):
         out[c] = agg[c].astype("int64")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -332,10 +386,20 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
         out["nan_rate"] = np.where(n > 0, agg["n_nonfinite"] / np.where(n > 0, n, 1), np.nan)
     out["divergence_rate_lo"], out["divergence_rate_hi"] = wilson_interval(agg["n_diverged"], n)
     out["nan_rate_lo"], out["nan_rate_hi"] = wilson_interval(agg["n_nonfinite"], n)
-    out["final_val_bpc_mean"] = agg["bpc_mean"].where(agg["bpc_count"] > 0)
-    lo, hi = t_interval_from_summary(agg["bpc_mean"], agg["bpc_std"], agg["bpc_count"])
-    out["final_val_bpc_lo"] = lo
-    out["final_val_bpc_hi"] = hi
+    for name, prefix in (("metric", "final_val_metric"), ("bpc", "final_val_bpc")):
+        mean, std, count = agg[f"{name}_mean"], agg[f"{name}_std"], agg[f"{name}_count"]
+        out[f"{prefix}_mean"] = mean.where(count > 0)
+        out[f"{prefix}_lo"], out[f"{prefix}_hi"] = t_interval_from_summary(mean, std, count)
+    criterion = agg["criterion"] > 0
+    trials = agg["n_trials"].to_numpy(dtype=float)
+    out["n_success"] = agg["n_success"].astype("Int64").where(criterion, pd.NA)
+    out["n_success_trials"] = agg["n_trials"].astype("Int64").where(criterion, pd.NA)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(trials > 0, agg["n_success"] / np.where(trials > 0, trials, 1), np.nan)
+    out["success_rate"] = pd.Series(rate, index=agg.index).where(criterion)
+    lo, hi = wilson_interval(agg["n_success"], trials)
+    out["success_rate_lo"] = pd.Series(lo, index=agg.index).where(criterion)
+    out["success_rate_hi"] = pd.Series(hi, index=agg.index).where(criterion)
     for c in (
         "median_divergence_step",
         "grad_norm_pre_median",
@@ -344,7 +408,7 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     ):
         out[c] = agg[c].astype(float)
     out = out[[c for c in out_cols if c in out.columns]]
-    return sort_cells(out, key_order)
+    return sort_cells(out, list(dict.fromkeys([k for k in lead_order if k in out] + key_order)))
 
 
 def varying_within(df: pd.DataFrame, by: Sequence[str], candidates: Sequence[str]) -> list[str]:
@@ -369,7 +433,9 @@ def _lsl_group_columns(cells_df: pd.DataFrame) -> list[str]:
     skip = set(STAT_COLUMNS) | {"cell", "optim.lr", "clip.max_norm", "clip.clip_value"}
     cols = [c for c in cells_df.columns if c not in skip]
     lead = [c for c in ("optim.name", "clip.method", "threshold") if c in cols]
-    return lead + [c for c in cols if c not in lead]
+    # the metric columns keep one task group's rows apart from another's
+    metric = [c for c in METRIC_COLUMNS if c in cells_df.columns]
+    return lead + [c for c in cols if c not in lead] + metric
 
 
 def largest_stable_lr(cells_df: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,13 @@ one that writes files.
 ``defects=True`` adds the broken directories a real sweep leaves behind: a
 ``summary.json`` that is not JSON, one missing required keys, a truncated
 ``metrics.parquet``, a run still ``running`` and one that stopped with ``error``.
+
+``task`` picks what the runs measure (:data:`SYNTHETIC_TASKS`): character modelling
+in bits per character (the default), an adding problem scored by mean squared error
+with a success criterion, or a copy task scored by accuracy (higher is better), so the
+report can be tested on every kind of metric. ``legacy=True`` writes summaries as they
+were before tasks named their metric (no ``metric``, ``final_val_metric``,
+``task_success`` keys, no ``val_metric`` column).
 """
 
 from __future__ import annotations
@@ -48,8 +55,34 @@ _CRITICAL_LR = {"sgd": 0.6, "adam": 0.015}
 #: Learning rate of the best final quality.
 _BEST_LR = {"sgd": 1.0, "adam": 0.01}
 _VOCAB = 65
-_SEQ_LEN = 64
-_BATCH = 16
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """What the synthetic runs of one task measure, and how.
+
+    ``success_at``: the task's success criterion on the final validation metric
+    (below it when lower is better, at or above it otherwise); None: no criterion.
+    """
+
+    name: str
+    metric: str
+    unit: str
+    lower_is_better: bool
+    seq_len: int
+    batch: int
+    success_at: float | None = None
+
+    @property
+    def text(self) -> bool:
+        return self.metric == "bpc"
+
+
+SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
+    "synthetic-chars": SyntheticTask("synthetic-chars", "bpc", "bits/char", True, 64, 16),
+    "adding": SyntheticTask("adding", "mse", "squared target units", True, 100, 32, 0.01),
+    "copy": SyntheticTask("copy", "accuracy", "fraction of symbols", False, 50, 32, 0.9),
+}
 
 
 @dataclass
@@ -76,12 +109,19 @@ def _clip_factor(method: str, thr: float | None) -> float:
 
 
 def _config(
-    opt: str, lr: float, method: str, thr: float | None, seed: int, steps: int, eval_every: int
+    task: SyntheticTask,
+    opt: str,
+    lr: float,
+    method: str,
+    thr: float | None,
+    seed: int,
+    steps: int,
+    eval_every: int,
 ) -> dict:
     cfg: dict[str, object] = {
-        "task.name": "synthetic-chars",
-        "task.seq_len": _SEQ_LEN,
-        "task.batch_size": _BATCH,
+        "task.name": task.name,
+        "task.seq_len": task.seq_len,
+        "task.batch_size": task.batch,
         "model.cell": "lstm",
         "model.hidden_size": 32,
         "model.num_layers": 1,
@@ -114,7 +154,9 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=False), encoding="utf-8")
 
 
-def _metrics_table(cols: dict[str, np.ndarray], is_eval: np.ndarray) -> pa.Table:
+def _metrics_table(
+    cols: dict[str, np.ndarray], is_eval: np.ndarray, task: SyntheticTask, legacy: bool
+) -> pa.Table:
     arrays = {
         "step": pa.array(cols["step"], pa.int64()),
         "tokens": pa.array(cols["tokens"], pa.int64()),
@@ -126,9 +168,48 @@ def _metrics_table(cols: dict[str, np.ndarray], is_eval: np.ndarray) -> pa.Table
         "nonfinite": pa.array(cols["nonfinite"], pa.bool_()),
         "wall_s": pa.array(cols["wall_s"], pa.float32()),
         "val_loss": pa.array(cols["val_loss"], pa.float32(), mask=~is_eval),
-        "val_bpc": pa.array(cols["val_bpc"], pa.float32(), mask=~is_eval),
+        "val_bpc": pa.array(cols["val_bpc"], pa.float32(), mask=~is_eval | (not task.text)),
     }
+    if not legacy:
+        arrays["val_metric"] = pa.array(cols["val_metric"], pa.float32(), mask=~is_eval)
     return pa.table(arrays)
+
+
+def _curves(task: SyntheticTask, excess: np.ndarray, T: int, noise: np.ndarray) -> np.ndarray:
+    """The (runs, steps) training-loss curves: from the initial loss down to each run's final.
+
+    ``excess`` >= 0 is how far each run is from the best quality it could reach; its
+    meaning per task: bits per character above 1.45, decades of MSE above 1e-3,
+    nats of cross-entropy above 0.02 (copy task).
+    """
+    s = np.arange(1, T + 1, dtype=float)[None, :]
+    tau = max(T / 5.0, 1.0)
+    if task.name == "adding":
+        l0 = 1.0 / 6.0  # the MSE of always answering 1, the mean of the sum
+        final = np.minimum(10.0 ** (-3.0 + 8.0 * excess), l0)
+        loss = final[:, None] + (l0 - final[:, None]) * np.exp(-s / tau)
+        return loss * np.exp(0.05 * noise)
+    if task.name == "copy":
+        l0 = math.log(10)
+        final = 0.02 + 1.5 * excess
+        loss = final[:, None] + (l0 - final[:, None]) * np.exp(-s / tau)
+        return np.clip(loss + 0.01 * noise, 1e-3, None)
+    l0 = math.log(_VOCAB)
+    final = (1.45 + excess) * math.log(2)
+    loss = final[:, None] + (l0 - final[:, None]) * np.exp(-s / tau)
+    return loss + 0.04 * noise
+
+
+def _validation(task: SyntheticTask, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validation loss and metric from the training-loss curves."""
+    if task.name == "adding":
+        val_loss = loss * 1.05
+        return val_loss, val_loss  # the loss is the metric
+    if task.name == "copy":
+        val_loss = loss + 0.01
+        return val_loss, np.exp(-val_loss)  # a monotone stand-in for accuracy
+    val_loss = loss + 0.03
+    return val_loss, val_loss / math.log(2)
 
 
 def write_synthetic_sweep(
@@ -144,14 +225,22 @@ def write_synthetic_sweep(
     defects: bool = True,
     hydra: bool = True,
     stability: float = 1.0,
+    task: str = "synthetic-chars",
+    legacy: bool = False,
 ) -> SyntheticSweep:
     """Write a synthetic sweep under ``root`` and return what was written.
 
     Runs are ``root/NNNN/``; defect directories are ``root/extra/<kind>/``.
     ``lrs`` is one list for every optimizer or a mapping optimizer -> list.
     ``stability`` scales every critical learning rate (0.001 makes almost every run
-    diverge, 1000 makes none diverge), for degenerate-input tests.
+    diverge, 1000 makes none diverge), for degenerate-input tests. ``task`` is a key of
+    :data:`SYNTHETIC_TASKS`; ``legacy`` (text task only) writes the older summary format.
     """
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"task {task!r} is not one of {sorted(SYNTHETIC_TASKS)}")
+    spec = SYNTHETIC_TASKS[task]
+    if legacy and not spec.text:
+        raise ValueError("legacy summaries exist for text tasks only")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     if lrs is None:
@@ -181,16 +270,12 @@ def write_synthetic_sweep(
 
     best_lr = np.array([_BEST_LR.get(o, 0.01) for o in opt])
     tight = np.where(np.isnan(thr), 0.0, 0.02 / np.where(np.isnan(thr), 1.0, thr))
-    final_bpc = (
-        1.45 + 0.25 * np.log10(lr / best_lr) ** 2 + tight + 0.02 * rng.standard_normal(n_runs)
-    )
-    final_loss = final_bpc * math.log(2)
+    excess = 0.25 * np.log10(lr / best_lr) ** 2 + tight + 0.02 * rng.standard_normal(n_runs)
+    excess = np.clip(excess, 0.0, None) if not spec.text else excess
 
     s = np.arange(1, T + 1, dtype=float)[None, :]
     tau = max(T / 5.0, 1.0)
-    l0 = math.log(_VOCAB)
-    loss = final_loss[:, None] + (l0 - final_loss[:, None]) * np.exp(-s / tau)
-    loss = loss + 0.04 * rng.standard_normal((n_runs, T))
+    loss = _curves(spec, excess, T, rng.standard_normal((n_runs, T)))
     g0 = np.where(opt == "sgd", 2.0, 1.0)[:, None] * (1.0 + 2.0 * np.exp(-s / tau))
     gpre = g0 * np.exp(0.5 * rng.standard_normal((n_runs, T)))
     gpre = np.where(rng.random((n_runs, T)) < 0.03, gpre * 10.0, gpre)
@@ -208,8 +293,8 @@ def write_synthetic_sweep(
     clipped = np.isfinite(gpre) & (gpost < gpre)
     nf_step = np.isnan(loss) | ~np.isfinite(gpre)
     is_eval = ((s % eval_every) == 0) | (s == T)
-    val_loss = loss + 0.03
-    val_bpc = val_loss / math.log(2)
+    val_loss, val_metric = _validation(spec, loss)
+    val_bpc = val_metric if spec.text else np.full_like(val_loss, np.nan)
     step_time = 0.01 * np.exp(0.1 * rng.standard_normal(n_runs))
 
     valid = s <= length[:, None]
@@ -219,8 +304,8 @@ def write_synthetic_sweep(
         g_med = np.nanmedian(finite_g, axis=1)
         g_p99 = np.nanpercentile(finite_g, 99, axis=1)
         g_max = np.nanmax(finite_g, axis=1)
-        evals_reached = np.where(valid & is_eval & np.isfinite(val_bpc), val_bpc, np.nan)
-        best_bpc = np.nanmin(evals_reached, axis=1)
+        evals_reached = np.where(valid & is_eval & np.isfinite(val_metric), val_metric, np.nan)
+        best_metric = (np.nanmin if spec.lower_is_better else np.nanmax)(evals_reached, axis=1)
     clip_frac = (clipped & valid).sum(axis=1) / length
 
     truth_rows: list[dict] = []
@@ -231,33 +316,55 @@ def write_synthetic_sweep(
         n = int(length[i])
         status = "diverged" if diverged[i] else "completed"
         divergence = None if not diverged[i] else ("nonfinite" if nonfinite[i] else "exploded")
-        cfg = _config(o, lr_i, m, t, sd, T, eval_every)
+        cfg = _config(spec, o, lr_i, m, t, sd, T, eval_every)
         wall = float(n * step_time[i])
+        tokens = n * spec.seq_len * spec.batch
+        final = None if diverged[i] else float(val_metric[i, T - 1])
+        best = _none_if_nan(best_metric[i])
+        success = None
+        if spec.success_at is not None and final is not None:
+            ok = final < spec.success_at if spec.lower_is_better else final >= spec.success_at
+            success = bool(ok)
         summary = {
             "schema_version": 1,
             "status": status,
             "divergence": divergence,
             "first_nonfinite_step": n if nonfinite[i] else None,
             "steps_completed": n,
-            "tokens_seen": n * _SEQ_LEN * _BATCH,
+            "tokens_seen": tokens,
             "final_train_loss": None if diverged[i] else float(loss[i, T - 1]),
             "final_val_loss": None if diverged[i] else float(val_loss[i, T - 1]),
-            "final_val_bpc": None if diverged[i] else float(val_bpc[i, T - 1]),
-            "best_val_bpc": _none_if_nan(best_bpc[i]),
+            "final_val_bpc": final if spec.text else None,
+            "best_val_bpc": best if spec.text else None,
+            "metric": {
+                "name": spec.metric,
+                "unit": spec.unit,
+                "lower_is_better": spec.lower_is_better,
+            },
+            "final_val_metric": final,
+            "best_val_metric": best,
+            "task_success": success,
+            "task_metrics": None
+            if success is None
+            else {"task_success": success, spec.metric: final, "n_sequences": 1000},
             "grad_norm_pre": None
             if math.isnan(g_med[i])
             else {"median": float(g_med[i]), "p99": float(g_p99[i]), "max": float(g_max[i])},
             "clip_fraction": float(clip_frac[i]),
             "skipped_steps": 0,
             "wall_seconds": wall,
-            "tokens_per_second": n * _SEQ_LEN * _BATCH / wall,
+            "tokens_per_second": tokens / wall,
             "config": cfg,
             "env": {"torch": "synthetic", "python": "3", "device": "cpu"},
             "error": None,
         }
+        if legacy:
+            for k in ("metric", "final_val_metric", "best_val_metric", "task_success"):
+                del summary[k]
+            del summary["task_metrics"]
         cols = {
             "step": np.arange(1, n + 1),
-            "tokens": np.arange(1, n + 1) * _SEQ_LEN * _BATCH,
+            "tokens": np.arange(1, n + 1) * spec.seq_len * spec.batch,
             "train_loss": loss[i, :n],
             "grad_norm_pre": gpre[i, :n],
             "grad_norm_post": gpost[i, :n],
@@ -267,14 +374,26 @@ def write_synthetic_sweep(
             "wall_s": np.arange(1, n + 1) * step_time[i],
             "val_loss": val_loss[i, :n],
             "val_bpc": val_bpc[i, :n],
+            "val_metric": val_metric[i, :n],
         }
-        pq.write_table(_metrics_table(cols, is_eval[0, :n]), d / "metrics.parquet")
+        table = _metrics_table(cols, is_eval[0, :n], spec, legacy)
+        pq.write_table(table, d / "metrics.parquet")
         _write_json(d / "summary.json", summary)
         if hydra:
             (d / ".hydra").mkdir(exist_ok=True)
             overrides = [f"optim={o}", f"optim.lr={lr_i}", f"clip={m}", f"seed={sd}"]
             (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {x}\n" for x in overrides))
-        row = {k: v for k, v in summary.items() if k not in ("config", "env", "grad_norm_pre")}
+        drop = ("config", "env", "grad_norm_pre", "metric", "task_metrics")
+        row = {k: v for k, v in summary.items() if k not in drop}
+        # what a reader should find, legacy summaries included
+        row.update(
+            metric=spec.metric,
+            metric_unit=spec.unit,
+            metric_lower_is_better=spec.lower_is_better,
+            final_val_metric=final,
+            best_val_metric=best,
+            task_success=success,
+        )
         for k in ("median", "p99", "max"):
             row[f"grad_norm_pre_{k}"] = (summary["grad_norm_pre"] or {}).get(k)
         truth_rows.append({"run_dir": rel, **row, **cfg})
@@ -327,6 +446,9 @@ def _write_defects(sweep: SyntheticSweep, template: int) -> None:
         "best_val_bpc": None,
         "config": {**summary["config"], "seed": 1001},
     }
+    for k in ("final_val_metric", "best_val_metric", "task_success", "task_metrics"):
+        if k in running:  # not in legacy summaries
+            running[k] = None
     _write_json(d / "summary.json", running)
     table = pq.read_table(src / "metrics.parquet")
     pq.write_table(table.slice(0, max(1, table.num_rows // 2)), d / "metrics.parquet")
