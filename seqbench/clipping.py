@@ -1,10 +1,13 @@
 """Gradient clipping methods, behind one registry.
 
-Every method takes the list of gradients of the parameters that have one (frozen
-parameters have none and are never part of a norm) plus the pre-clip global L2 norm the
-trainer already computed, clips in place, and returns the post-clip global L2 norm and
-a boolean tensor "the gradient changed". Everything stays on the device: no `.item()`,
-no Python branch on a tensor value, so clipping adds no host sync to a training step.
+A method is built once per run from its config and the run's trainable parameters with
+their names (`build_clipper(cfg, named_params)`), so per-group rules and per-parameter
+state are set up once. Each step it is called with the parameters that have a gradient
+(frozen parameters have none and are never part of a norm), their gradients, and the
+pre-clip global L2 norm the trainer already computed; it clips in place and returns the
+post-clip global L2 norm and a boolean tensor "the gradient changed". Everything stays
+on the device: no `.item()`, no Python branch on a tensor value, so clipping adds no
+host sync to a training step.
 
 Semantics follow DESIGN.md exactly and are tested against `torch.nn.utils`:
 - value: elementwise clamp to [-c, c] (`clip_grad_value_`).
@@ -26,7 +29,9 @@ from torch import Tensor
 from seqbench.checks import at_least, one_of, positive
 from seqbench.registry import Registry
 
-ClipFn = Callable[[list[Tensor], Tensor], tuple[Tensor, Tensor]]
+# clip(params, grads, pre_l2) -> (post_l2, changed); grads[i] is params[i].grad
+ClipFn = Callable[[list[Tensor], list[Tensor], Tensor], tuple[Tensor, Tensor]]
+NamedParams = list[tuple[str, Tensor]]
 
 CLIP: Registry[Callable[..., ClipFn]] = Registry("clip", "clip.method")
 
@@ -69,18 +74,18 @@ class NormClipConfig:
 
 
 @CLIP.register("none", NoClipConfig)
-def no_clip(cfg: NoClipConfig) -> ClipFn:
-    def clip(grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+def no_clip(cfg: NoClipConfig, named_params: NamedParams) -> ClipFn:
+    def clip(params: list[Tensor], grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
         return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
 
     return clip
 
 
 @CLIP.register("value", ValueClipConfig)
-def value_clip(cfg: ValueClipConfig) -> ClipFn:
+def value_clip(cfg: ValueClipConfig, named_params: NamedParams) -> ClipFn:
     c = float(cfg.clip_value)
 
-    def clip(grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+    def clip(params: list[Tensor], grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
         if not grads:
             return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
         changed = global_norm(grads, math.inf) > c
@@ -92,14 +97,14 @@ def value_clip(cfg: ValueClipConfig) -> ClipFn:
 
 
 @CLIP.register("norm", NormClipConfig)
-def norm_clip(cfg: NormClipConfig) -> ClipFn:
+def norm_clip(cfg: NormClipConfig, named_params: NamedParams) -> ClipFn:
     max_norm, p = float(cfg.max_norm), float(cfg.norm_type)
     if cfg.scope == "per_tensor":
         return _per_tensor_norm_clip(max_norm, p)
     if cfg.relative:
         return RelativeNormClip(max_norm, p, int(cfg.calibration_steps))
 
-    def clip(grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+    def clip(params: list[Tensor], grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
         if not grads:
             return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
         total = pre if p == 2.0 else global_norm(grads, p)
@@ -129,7 +134,8 @@ class RelativeNormClip:
         self.history: Tensor | None = None
         self.threshold: Tensor | None = None
 
-    def __call__(self, grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, params: list[Tensor], grads: list[Tensor], pre: Tensor
+                 ) -> tuple[Tensor, Tensor]:
         if not grads:
             return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
         total = pre if self.p == 2.0 else global_norm(grads, self.p)
@@ -153,7 +159,7 @@ class RelativeNormClip:
 
 
 def _per_tensor_norm_clip(max_norm: float, p: float) -> ClipFn:
-    def clip(grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
+    def clip(params: list[Tensor], grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
         if not grads:
             return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
         norms = torch.stack(torch._foreach_norm(grads, p))
@@ -164,6 +170,7 @@ def _per_tensor_norm_clip(max_norm: float, p: float) -> ClipFn:
     return clip
 
 
-def build_clipper(cfg) -> ClipFn:
+def build_clipper(cfg, named_params: NamedParams = ()) -> ClipFn:
+    """The run's clipping method, set up for its trainable parameters."""
     entry = CLIP.get(cfg.method)
-    return entry.build(cfg)
+    return entry.build(cfg, list(named_params))

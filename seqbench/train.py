@@ -96,10 +96,11 @@ class Trainer:
         self.accum = int(t.accum_steps)
         self.task.setup(self.device, self.accum)
         self.model = self.task.build_model(cfg.model).to(self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.schedule = build_schedule(self.optimizer, cfg.optim, int(t.max_steps))
-        self.clip = build_clipper(cfg.clip)
+        self.clip = build_clipper(cfg.clip, self.named_params)
         amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=amp_dtype))
@@ -131,9 +132,10 @@ class Trainer:
         loss = loss_sum / self.accum
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.params if p.grad is not None]
+        params = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params]
         pre = global_norm(grads, 2.0)
-        post, clipped = self.clip(grads, pre)
+        post, clipped = self.clip(params, grads, pre)
         loss_finite = torch.isfinite(loss)
         grad_finite = torch.isfinite(pre)
         nonfinite = ~(loss_finite & grad_finite)

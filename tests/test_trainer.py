@@ -168,10 +168,10 @@ class CountingClip:
     def __init__(self, inner):
         self.inner, self.calls, self.norms = inner, 0, []
 
-    def __call__(self, grads, pre):
+    def __call__(self, params, grads, pre):
         self.calls += 1
         self.norms.append(float(pre))
-        return self.inner(grads, pre)
+        return self.inner(params, grads, pre)
 
 
 def run_counting(cfg, tmp_path):
