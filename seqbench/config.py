@@ -20,7 +20,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seqbench.checks import at_least, one_of, optional_above
+from seqbench.checks import at_least, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
@@ -44,6 +44,10 @@ class TrainerConfig:
     explode_factor: float | None = optional_above(10.0, 1.0)
     deterministic: bool = False
     threads: int = at_least(0, 0)  # torch intra-op threads; 0: torch's default
+    # parameter-name patterns (fnmatch globs, e.g. "embed.*") whose parameters are frozen:
+    # no gradient, not in the optimizer, in no gradient norm
+    freeze: list[str] = rule([], "a list of parameter-name patterns",
+                             lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
     # CPU only: treat denormal floats as zero. Saturated LSTM gates at high learning rates
     # produce denormals, which x86 CPUs compute several times slower (measured 3.4x).
     flush_denormal: bool = True
@@ -117,9 +121,28 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
         from seqbench.data.tasks import build_task
 
         try:
-            build_task(cfg.task)
+            task = build_task(cfg.task)
+            if cfg.trainer.freeze:
+                with torch.device("meta"):  # names only: no memory, no initialisation cost
+                    names = [n for n, _ in task.build_model(cfg.model).named_parameters()]
+                frozen_names(names, list(cfg.trainer.freeze))
         except ConfigError as e:
             raise ConfigErrors([e]) from None
+
+
+def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
+    """The parameter names `trainer.freeze` selects; every pattern must select one, and
+    something must be left to train."""
+    import fnmatch
+
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ConfigError("trainer.freeze", pattern,
+                              "matches no parameter; parameters: " + ", ".join(names))
+    frozen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if len(frozen) == len(names):
+        raise ConfigError("trainer.freeze", patterns, "freezes every parameter")
+    return frozen
 
 
 def _field_errors(node: DictConfig, prefix: str) -> list[ConfigError]:

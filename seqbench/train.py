@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from seqbench.clipping import build_clipper, global_norm
-from seqbench.config import flat
+from seqbench.config import flat, frozen_names
 from seqbench.data.tasks import build_task
 from seqbench.metrics import (
     EVAL_COLUMNS,
@@ -96,6 +96,11 @@ class Trainer:
         self.accum = int(t.accum_steps)
         self.task.setup(self.device, self.accum)
         self.model = self.task.build_model(cfg.model).to(self.device)
+        names = [n for n, _ in self.model.named_parameters()]
+        self.frozen = frozen_names(names, list(t.freeze)) if t.freeze else []
+        for n, p in self.model.named_parameters():
+            if n in self.frozen:
+                p.requires_grad_(False)
         self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
         self.optimizer = build_optimizer(self.params, cfg.optim)
@@ -344,6 +349,7 @@ class Trainer:
             "clip": clip_info,
             "task": self.task.describe(),
             "parameters": count_parameters(self.model),
+            "frozen": self.frozen,
             "config": flat(self.cfg),
             "env": self.env,
             "error": st.error,

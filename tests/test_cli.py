@@ -92,6 +92,8 @@ BAD = [
     (["task=text_file", "task.path=LATIN1"], "task.path=", "must be UTF-8"),
     (["task=regression_mlp"], "model=char_rnn", "task regression_mlp needs model=mlp"),
     (["model=mlp"], "model=mlp", "needs model=lstm, gru or rnn_tanh"),
+    (["trainer.freeze=[nope.*]"], "trainer.freeze=nope.*", "matches no parameter"),
+    (["trainer.freeze=[*]"], "trainer.freeze=", "freezes every parameter"),
     (["--bogus"], "--bogus", "unknown"),
     (["optim.lr"], "optim.lr", "KEY=VALUE"),
     (["optim.lr=[1"], "override=optim.lr=[1", "cannot parse"),

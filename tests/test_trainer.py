@@ -256,3 +256,33 @@ def test_relative_norm_threshold_is_a_multiple_of_the_calibration_median(tiny_cf
     after = m.iloc[5:]
     assert (after.clipped == (after.grad_norm_pre > 0.5 * median)).all()
     assert (after.grad_norm_post <= 0.5 * median * (1 + 1e-5)).all()
+
+
+def test_frozen_parameters_never_change_and_never_enter_a_norm(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.freeze=[embed.*,decoder.bias]", "optim=sgd", "optim.lr=1.0",
+                   "trainer.max_steps=3")
+    trainer = Trainer(cfg, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.clip = CountingClip(trainer.clip)
+    seen = []
+    inner = trainer.clip.inner
+
+    def spy(params, grads, pre):
+        seen.append((len(params), float(pre), float(torch.linalg.vector_norm(
+            torch.cat([g.flatten() for g in grads])))))
+        return inner(params, grads, pre)
+
+    trainer.clip.inner = spy
+    summary = trainer.run()
+    assert summary["frozen"] == ["embed.weight", "decoder.bias"]
+    for n, p in trainer.model.named_parameters():
+        if n in summary["frozen"]:
+            assert torch.equal(p, before[n]) and p.grad is None
+        else:
+            assert not torch.equal(p, before[n])
+    n_trainable = sum(1 for _, p in trainer.model.named_parameters() if p.requires_grad)
+    assert all(k == n_trainable for k, _, _ in seen)
+    assert all(pre == pytest.approx(norm, rel=1e-5) for _, pre, norm in seen)
+    frozen_ids = {id(p) for n, p in trainer.model.named_parameters() if n in summary["frozen"]}
+    assert not any(id(p) in frozen_ids for g in trainer.optimizer.param_groups
+                   for p in g["params"])
