@@ -37,6 +37,8 @@ class TrainerConfig:
     log_every: int = at_least(25, 1)
     eval_every: int = at_least(200, 0)  # 0: evaluate only at the end
     eval_batches: int = at_least(0, 0)  # validation windows per evaluation; 0: whole split
+    # every N steps, per-parameter gradient/weight norms to param_metrics.parquet; 0: off
+    param_log_every: int = at_least(0, 0)
     device: str = one_of("auto", ("auto", "cpu", "cuda"))
     amp: str = one_of("off", ("off", "bf16", "fp16"))
     on_nonfinite: str = one_of("stop", ("stop", "skip", "raise"))

@@ -118,12 +118,22 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-class MetricsFile:
-    """metrics.parquet, rewritten atomically at every flush from the rows so far."""
+PARAM_SCHEMA = pa.schema([
+    ("step", pa.int64()),
+    ("name", pa.string()),
+    ("grad_norm", pa.float64()),       # this tensor's gradient L2 norm before clipping
+    ("grad_norm_post", pa.float64()),  # ... and after clipping
+    ("weight_norm", pa.float64()),     # L2 norm of the tensor after the update
+    ("update_ratio", pa.float64()),    # ||update|| / ||weight after the update||
+])
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.columns: dict[str, list[np.ndarray]] = {f.name: [] for f in METRICS_SCHEMA}
+
+class MetricsFile:
+    """A Parquet file rewritten atomically at every flush from the rows so far."""
+
+    def __init__(self, path: Path, schema: pa.Schema = METRICS_SCHEMA):
+        self.path, self.schema = Path(path), schema
+        self.columns: dict[str, list[np.ndarray]] = {f.name: [] for f in schema}
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
         n = len(columns["step"])
@@ -146,11 +156,61 @@ class MetricsFile:
 
     def write(self) -> None:
         arrays = [pa.array(self.column(f.name), type=f.type, from_pandas=True)
-                  for f in METRICS_SCHEMA]
-        table = pa.Table.from_arrays(arrays, schema=METRICS_SCHEMA)
+                  for f in self.schema]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+
+
+class ParamLog:
+    """Per-parameter gradient norms, weight norms and update/weight ratios.
+
+    Taken on every `every`-th step into device tensors (the update needs a copy of the
+    weights from before the step, made only on those steps) and written to
+    param_metrics.parquet at the run's flushes, so it adds no host sync in between.
+    """
+
+    def __init__(self, path: Path, every: int, names_by_param: dict[int, str]):
+        self.every, self.names_by_param = every, names_by_param
+        self.file = MetricsFile(path, PARAM_SCHEMA)
+        self.pending: list[tuple[int, list[str], Tensor]] = []
+        self._open: dict | None = None
+
+    def active(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def before_clip(self, step: int, params: list[Tensor], grads: list[Tensor]) -> None:
+        self._open = {"step": step, "params": params,
+                      "pre": torch.stack(torch._foreach_norm(grads))}
+
+    def before_update(self, grads: list[Tensor]) -> None:
+        o = self._open
+        o["post"] = torch.stack(torch._foreach_norm(grads))
+        o["before"] = [p.detach().clone() for p in o["params"]]
+
+    def after_update(self) -> None:
+        o, self._open = self._open, None
+        params = [p.detach() for p in o["params"]]
+        weight = torch.stack(torch._foreach_norm(params))
+        update = torch.stack(torch._foreach_norm(torch._foreach_sub(params, o["before"])))
+        values = torch.stack([o["pre"], o["post"], weight, update / weight])
+        names = [self.names_by_param[id(p)] for p in o["params"]]
+        self.pending.append((o["step"], names, values))
+
+    def flush(self, last_step: int) -> None:
+        """Write the rows of steps up to `last_step` (later ones belong to no metrics row)."""
+        keep = [x for x in self.pending if x[0] <= last_step]
+        self.pending = []
+        if not keep:
+            return
+        host = torch.cat([v for _, _, v in keep], dim=1).cpu().numpy().astype(np.float64)
+        self.file.append({
+            "step": np.concatenate([np.full(len(n), s, dtype=np.int64) for s, n, _ in keep]),
+            "name": np.array([x for _, n, _ in keep for x in n], dtype=object),
+            "grad_norm": host[0], "grad_norm_post": host[1],
+            "weight_norm": host[2], "update_ratio": host[3],
+        })
 
 
 def grad_norm_stats(pre: np.ndarray) -> dict[str, float] | None:

@@ -32,6 +32,7 @@ from seqbench.metrics import (
     EVAL_COLUMNS,
     SCHEMA_VERSION,
     MetricsFile,
+    ParamLog,
     StepBuffer,
     env_info,
     grad_norm_stats,
@@ -121,6 +122,12 @@ class Trainer:
         self.t_start = time.perf_counter()
         self.eval_seconds = 0.0
         self.success: dict[str, Any] | None = None
+        self.step_count = 0
+        every = int(t.param_log_every)
+        self.param_log = ParamLog(
+            self.run_dir / "param_metrics.parquet", every,
+            {id(p): n for n, p in self.named_params},
+        ) if every > 0 else None
         self.env = env_info(self.device)
 
     # ---- the step -------------------------------------------------------------------
@@ -137,10 +144,17 @@ class Trainer:
         loss = loss_sum / self.accum
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
+        self.step_count += 1
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
         pre = global_norm(grads, 2.0)
+        plog = self.param_log if self.param_log and self.param_log.active(self.step_count) \
+            else None
+        if plog:
+            plog.before_clip(self.step_count, params, grads)
         post, clipped = self.clip(params, grads, pre)
+        if plog:
+            plog.before_update(grads)
         loss_finite = torch.isfinite(loss)
         grad_finite = torch.isfinite(pre)
         nonfinite = ~(loss_finite & grad_finite)
@@ -164,6 +178,8 @@ class Trainer:
             skipped = torch.zeros_like(nonfinite)
             diverging = nonfinite
             self.optimizer.step()
+        if plog:
+            plog.after_update()
         self.optimizer.zero_grad(set_to_none=True)
         self.host_lr.append(self.optimizer.param_groups[0]["lr"])
         self.schedule.step()
@@ -218,6 +234,8 @@ class Trainer:
                 col[k] = st.evals.get(int(s), {}).get(name, np.nan)
             cols[name] = col
         self.metrics.append(cols)
+        if self.param_log is not None:
+            self.param_log.flush(int(cols["step"][-1]) if stop_at else first_step - 1)
         st.skipped_steps += int(rows["skipped"][:stop_at].sum())
         st.steps_completed = int(steps[stop_at - 1]) if stop_at else st.steps_completed
         st.tokens_seen = st.steps_completed * tpt

@@ -286,3 +286,33 @@ def test_frozen_parameters_never_change_and_never_enter_a_norm(tiny_cfg, tmp_pat
     frozen_ids = {id(p) for n, p in trainer.model.named_parameters() if n in summary["frozen"]}
     assert not any(id(p) in frozen_ids for g in trainer.optimizer.param_groups
                    for p in g["params"])
+
+
+def test_per_parameter_norms_every_n_steps(tiny_cfg, tmp_path):
+    lr = 0.5
+    cfg = tiny_cfg("trainer.param_log_every=4", "optim=sgd", f"optim.lr={lr}",
+                   "clip=norm", "clip.max_norm=0.05")
+    trainer = Trainer(cfg, tmp_path)
+    trainer.run()
+    pm = pd.read_parquet(tmp_path / "param_metrics.parquet")
+    m = read(tmp_path)[1]
+    names = [n for n, _ in trainer.model.named_parameters()]
+    assert pm.step.unique().tolist() == [4, 8, 12]
+    assert (pm.groupby("step").name.apply(list) == pd.Series({s: names for s in (4, 8, 12)})
+            ).all()
+    for step, rows in pm.groupby("step"):
+        row = m[m.step == step].iloc[0]
+        # per-tensor norms make up the global norms the metrics file recorded
+        assert np.sqrt((rows.grad_norm ** 2).sum()) == pytest.approx(row.grad_norm_pre, rel=1e-5)
+        assert np.sqrt((rows.grad_norm_post ** 2).sum()) == pytest.approx(
+            row.grad_norm_post, rel=1e-4)
+    # plain SGD: the update is lr x the clipped gradient, so ||update|| = lr ||g_post||
+    np.testing.assert_allclose(pm.update_ratio * pm.weight_norm, lr * pm.grad_norm_post,
+                               rtol=1e-4, atol=1e-9)
+
+
+def test_per_parameter_rows_stop_with_a_divergence(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.param_log_every=2", "trainer.log_every=5")
+    Trainer(cfg, tmp_path, task=poisoned_task(cfg, 7)).run()
+    pm = pd.read_parquet(tmp_path / "param_metrics.parquet")
+    assert pm.step.unique().tolist() == [2, 4, 6]  # nothing after the diverged step 7
