@@ -1,0 +1,60 @@
+"""The training step reads no tensor value on the host between flushes.
+
+On CUDA a host read (`.item()`, `bool(t)`, `float(t)`, `.tolist()`, `.cpu()`,
+`.numpy()`) waits for the GPU; DESIGN.md forbids them in the per-step path. This CPU
+test patches those methods, runs real steps, and counts the reads made from seqbench's
+own code (torch's internals, e.g. the optimizer reading its CPU step counter, are not
+ours to police here; the CUDA check with `torch.cuda.set_sync_debug_mode` is).
+"""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+import seqbench
+from seqbench.train import Trainer
+
+PACKAGE = Path(seqbench.__file__).resolve().parent
+READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    seen: list[str] = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, __original=original, __name=name, **kw):
+            caller = inspect.stack(context=0)[1]
+            if Path(caller.filename).resolve().is_relative_to(PACKAGE):
+                seen.append(f"{__name} at {Path(caller.filename).name}:{caller.lineno}")
+            return __original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("clip", [
+    ["clip=none"], ["clip=value"], ["clip=norm"], ["clip=norm", "clip.norm_type=inf"],
+    ["clip=norm", "clip.scope=per_tensor"],
+    ["clip=norm", "clip.relative=true", "clip.calibration_steps=3"],
+    ["clip=combined"], ["clip=graves"], ["clip=autoclip"], ["clip=agc"],
+    ["clip=zclip", "clip.warmup_steps=2"],
+])
+def test_steps_between_flushes_make_no_host_reads(tiny_cfg, tmp_path, host_reads, clip):
+    cfg = tiny_cfg(*clip, "trainer.accum_steps=2", "trainer.param_log_every=2")
+    trainer = Trainer(cfg, tmp_path)
+    for _ in range(cfg.trainer.log_every):  # one flush interval
+        trainer.step()
+    assert host_reads == []
+    trainer.flush(1)  # the flush is where the one read happens
+    assert any(r.startswith(("cpu", "numpy")) for r in host_reads)
+
+
+def test_the_check_catches_a_host_read(tiny_cfg, tmp_path, host_reads):
+    """on_nonfinite=skip decides on the host (documented): the spy must see that read."""
+    trainer = Trainer(tiny_cfg("trainer.on_nonfinite=skip"), tmp_path)
+    trainer.step()
+    assert any(r.startswith("__bool__") for r in host_reads)
