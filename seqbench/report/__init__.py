@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqbench.report.collect import CollectResult, ReportInputError, collect_runs, load_curves
+from seqbench.report.collect import (
+    CollectResult,
+    ReportInputError,
+    collect_runs,
+    load_curves,
+    load_param_metrics,
+)
 from seqbench.report.figures import FigureResult, make_figures
 from seqbench.report.render import write_documents
 from seqbench.report.stats import cell_index, cells, largest_stable_lr, threshold
@@ -26,6 +32,7 @@ __all__ = [
     "collect_runs",
     "largest_stable_lr",
     "load_curves",
+    "load_param_metrics",
     "make_report",
 ]
 
@@ -37,10 +44,12 @@ class ReportResult:
     ``paths``: report_md, report_html, runs_csv, cells_csv, stable_lr_csv.
     ``figures``: name -> PNG path for every figure drawn; ``skipped``: name -> note for
     figures that could not be drawn. Names are the figure kinds (``divergence_heatmap``,
-    ``<metric>_heatmap``, ``loss_curves``, ``grad_norms``, ``frontier``), suffixed with
+    ``<metric>_heatmap``, ``loss_curves``, ``grad_norms``, ``param_grad_norms``,
+    ``frontier``), suffixed with
     ``-<task>`` when the runs hold several tasks (see ``figures.figure_name``).
     ``n_runs`` counts readable run directories (incomplete ones included);
-    ``n_found`` = ``n_runs`` + ``n_corrupt``.
+    ``n_found`` = ``n_runs`` + ``n_corrupt``. ``n_damaged`` counts runs (in ``n_runs``)
+    whose optional param_metrics.parquet is unreadable.
     """
 
     out_dir: Path
@@ -53,6 +62,7 @@ class ReportResult:
     n_diverged: int = 0
     n_incomplete: int = 0
     n_corrupt: int = 0
+    n_damaged: int = 0
     n_cells: int = 0
 
     @property
@@ -94,5 +104,6 @@ def make_report(
         n_diverged=int((status == "diverged").sum()) if status is not None else 0,
         n_incomplete=len(collected.incomplete),
         n_corrupt=len(collected.corrupt),
+        n_damaged=len(collected.damaged),
         n_cells=int((cells_df["n"] > 0).sum()) if not cells_df.empty else 0,
     )

@@ -8,6 +8,13 @@ reason, ``incomplete`` with their status) and everything else is still reported.
 
 Reads are columnar (pyarrow, only the needed columns); there are no per-row Python
 loops, only one small loop per run directory.
+
+``param_metrics.parquet`` (per-parameter norms, written when ``trainer.param_log_every``
+> 0) is optional: most runs have none, and its absence means "no per-parameter data",
+never a problem. A run whose file exists but cannot be read keeps its place in every
+table and rate - its summary and main metrics are fine, only the per-layer figure
+lacks it - and is listed in ``CollectResult.damaged`` with the reason, so the report
+names it beside the corrupt runs instead of silently drawing fewer seeds.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from seqbench.report.tasks import BPC, METRIC_COLUMNS
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.parquet"
+PARAM_METRICS_FILE = "param_metrics.parquet"
 
 #: summary.json schema versions this reader understands.
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -85,6 +93,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS),
     "error",
     "metrics_rows",
+    "param_metrics_rows",
     "schema_version",
     "task_metrics",
 )
@@ -101,6 +110,16 @@ CURVE_COLUMNS: tuple[str, ...] = (
 )
 #: metrics.parquet columns without which the file is not a metrics file.
 REQUIRED_METRICS_COLUMNS: tuple[str, ...] = ("step",)
+#: param_metrics.parquet value columns (besides ``step`` and ``name``), as the trainer
+#: writes them (``seqbench.metrics.PARAM_SCHEMA``).
+PARAM_VALUE_COLUMNS: tuple[str, ...] = (
+    "grad_norm",
+    "grad_norm_post",
+    "weight_norm",
+    "update_ratio",
+)
+#: param_metrics.parquet columns without which the file cannot be used at all.
+REQUIRED_PARAM_COLUMNS: tuple[str, ...] = ("step", "name")
 
 
 class ReportInputError(ValueError):
@@ -116,6 +135,8 @@ class CollectResult:
 
     ``runs``: one row per readable run (incomplete ones included, with their status).
     ``corrupt``: ``run_dir``, ``reason``. ``incomplete``: ``run_dir``, ``status``, ``error``.
+    ``damaged``: ``run_dir``, ``reason`` for runs kept in ``runs`` whose optional
+    param_metrics.parquet cannot be read (their ``param_metrics_rows`` is NaN).
     """
 
     runs_dir: Path
@@ -125,6 +146,9 @@ class CollectResult:
     )
     incomplete: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["run_dir", "status", "error"])
+    )
+    damaged: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["run_dir", "reason"])
     )
 
     @property
@@ -235,6 +259,21 @@ def _metrics_rows(path: Path) -> int:
     return int(meta.num_rows)
 
 
+def _param_rows(path: Path) -> float:
+    """Rows of param_metrics.parquet from its footer: 0 when there is no such file."""
+    if not path.exists():
+        return 0.0
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _Corrupt(f"{PARAM_METRICS_FILE} unreadable: {exc}") from exc
+    names = set(meta.schema.to_arrow_schema().names)
+    missing = [c for c in REQUIRED_PARAM_COLUMNS if c not in names]
+    if missing:
+        raise _Corrupt(f"{PARAM_METRICS_FILE} lacks columns: {', '.join(missing)}")
+    return float(meta.num_rows)
+
+
 def _row(rel: str, data: dict, metrics_rows: float) -> dict:
     row: dict[str, object] = {
         "run_dir": rel,
@@ -282,7 +321,8 @@ def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
     directory, or holds no run directory at all. Corrupt and incomplete runs are
     listed, never fatal. A run with status running/interrupted/error is incomplete
     even if its metrics file is missing or damaged (it may still be writing);
-    a completed or diverged run with a damaged metrics file is corrupt.
+    a completed or diverged run with a damaged metrics file is corrupt. A damaged
+    param_metrics.parquet does not drop a run: it is listed in ``damaged``.
     """
     root = Path(runs_dir)
     if not root.exists():
@@ -296,6 +336,7 @@ def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
     rows: list[dict] = []
     corrupt: list[dict] = []
     incomplete: list[dict] = []
+    damaged: list[dict] = []
     for d in dirs:
         rel = d.relative_to(root).as_posix() or "."
         try:
@@ -313,13 +354,21 @@ def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
             n_rows = math.nan
         if status in INCOMPLETE_STATUSES:
             incomplete.append({"run_dir": rel, "status": status, "error": data.get("error")})
-        rows.append(_row(rel, data, n_rows))
+        row = _row(rel, data, n_rows)
+        try:
+            row["param_metrics_rows"] = _param_rows(d / PARAM_METRICS_FILE)
+        except _Corrupt as exc:
+            row["param_metrics_rows"] = math.nan
+            if status not in INCOMPLETE_STATUSES:  # a running job may be mid-write
+                damaged.append({"run_dir": rel, "reason": str(exc)})
+        rows.append(row)
 
     runs = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))
     lead = [c for c in RUN_COLUMNS if c in runs.columns]
     config_cols = sorted(c for c in runs.columns if c not in RUN_COLUMNS)
     runs = runs[lead + config_cols]
-    for c in (*NUMERIC_FIELDS, *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS), "metrics_rows"):
+    numeric = (*NUMERIC_FIELDS, *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS))
+    for c in (*numeric, "metrics_rows", "param_metrics_rows"):
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
     runs["task_success"] = runs["task_success"].astype(object)  # True / False / None
     runs["metric_lower_is_better"] = runs["metric_lower_is_better"].astype(bool)
@@ -333,6 +382,7 @@ def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
         runs=runs.reset_index(drop=True),
         corrupt=pd.DataFrame(corrupt, columns=["run_dir", "reason"]),
         incomplete=pd.DataFrame(incomplete, columns=["run_dir", "status", "error"]),
+        damaged=pd.DataFrame(damaged, columns=["run_dir", "reason"]),
     )
 
 
@@ -383,6 +433,72 @@ def load_curves(
     for c in wanted:
         if c != "step":
             frame[c] = frame[c].astype(float)
+    codes = frame.pop("__run").to_numpy()
+    frame.insert(0, "run_dir", pd.Categorical.from_codes(codes, categories=ids).astype(object))
+    return frame
+
+
+def load_param_metrics(
+    runs_dir: str | os.PathLike[str],
+    run_dirs: Iterable[str],
+    columns: Sequence[str] = PARAM_VALUE_COLUMNS,
+    *,
+    errors: list[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Per-parameter norms of several runs: ``run_dir``, ``step``, ``name`` and ``columns``.
+
+    Only those columns are read (columnar). A run without param_metrics.parquet has no
+    per-parameter data and contributes no rows - not an error. A file that cannot be
+    read, or lacks ``step``/``name``, is skipped and, if ``errors`` is a list, reported
+    into it as ``(run_dir, reason)``. A value column the file lacks comes back as NaN.
+    ``step`` is int64, ``name`` and ``run_dir`` object, values float64.
+    """
+    root = Path(runs_dir)
+    run_dirs = list(dict.fromkeys(str(r) for r in run_dirs))
+    values = [c for c in dict.fromkeys(columns) if c not in REQUIRED_PARAM_COLUMNS]
+    tables: list[pa.Table] = []
+    ids: list[str] = []
+    for rel in run_dirs:
+        path = root / rel / PARAM_METRICS_FILE
+        if not path.exists():
+            continue
+        try:
+            with pq.ParquetFile(path) as pf:
+                names = pf.schema_arrow.names
+                missing = [c for c in REQUIRED_PARAM_COLUMNS if c not in names]
+                if missing:
+                    raise _Corrupt(f"{PARAM_METRICS_FILE} lacks columns: {', '.join(missing)}")
+                want = [*REQUIRED_PARAM_COLUMNS, *(c for c in values if c in names)]
+                table = pf.read(columns=want)
+        except (OSError, pa.ArrowException) as exc:
+            if errors is not None:
+                errors.append((rel, f"{PARAM_METRICS_FILE} unreadable: {exc}"))
+            continue
+        except _Corrupt as exc:
+            if errors is not None:
+                errors.append((rel, str(exc)))
+            continue
+        n = table.num_rows
+        arrays = [table.column("step").cast(pa.int64()), table.column("name").cast(pa.string())]
+        for c in values:
+            col = table.column(c).cast(pa.float64()) if c in table.column_names else None
+            arrays.append(col if col is not None else pa.nulls(n, pa.float64()))
+        arrays.append(pa.array(np.full(n, len(ids), dtype=np.int32)))
+        tables.append(pa.Table.from_arrays(arrays, names=["step", "name", *values, "__run"]))
+        ids.append(rel)
+    if not tables:
+        return pd.DataFrame(
+            {
+                "run_dir": pd.Series(dtype=object),
+                "step": pd.Series(dtype="int64"),
+                "name": pd.Series(dtype=object),
+                **{c: pd.Series(dtype=float) for c in values},
+            }
+        )
+    frame = pa.concat_tables(tables).to_pandas()
+    frame["name"] = frame["name"].astype(object)
+    for c in values:
+        frame[c] = frame[c].astype(float)
     codes = frame.pop("__run").to_numpy()
     frame.insert(0, "run_dir", pd.Categorical.from_codes(codes, categories=ids).astype(object))
     return frame

@@ -10,6 +10,10 @@ Quality is stated in each task's own metric (its name in every sentence and head
 When the runs hold several task groups (task and metric), each gets its own section -
 sentences, tables, figures - because numbers in different units must never be
 compared or averaged; the headline then only counts runs and lists the tasks.
+
+Runs whose optional per-parameter file (param_metrics.parquet) is unreadable are
+listed after the corrupt ones, in a section of their own, because unlike those they
+still count everywhere: only the per-layer figure lacks them.
 """
 
 from __future__ import annotations
@@ -441,6 +445,13 @@ def headline(
             f"{n_incomplete} incomplete and {n_corrupt} corrupt run directories are excluded "
             "from every rate; they are listed at the end."
         )
+    n_damaged = len(_damaged_items(collected))
+    if n_damaged:
+        out.append(
+            f"{n_damaged} run{'s' if n_damaged != 1 else ''} with an unreadable per-parameter "
+            f"file (param_metrics.parquet) still count{'s' if n_damaged == 1 else ''} "
+            "everywhere but in the per-layer figure; listed at the end."
+        )
     return out
 
 
@@ -583,6 +594,20 @@ def _problem_items(collected: CollectResult) -> tuple[list[str], list[str]]:
     return inc, cor  # type: ignore[return-value]
 
 
+DAMAGED_HEADING = "Runs with an unreadable per-parameter file"
+DAMAGED_NOTE = (
+    "These runs are kept in every table, rate and figure except the per-layer one: their "
+    "summary and main metrics are fine, only param_metrics.parquet cannot be read."
+)
+
+
+def _damaged_items(collected: CollectResult) -> list[tuple[str, str]]:
+    damaged = getattr(collected, "damaged", None)
+    if damaged is None or damaged.empty:
+        return []
+    return [(r["run_dir"], r["reason"]) for r in damaged.to_dict("records")]
+
+
 # --------------------------------------------------------------------------- documents
 
 
@@ -703,6 +728,10 @@ def render_markdown(
     lines += [f"- `{d}` — {s}" for d, s in inc] or ["None."]
     lines += ["", "## Corrupt run directories", ""]
     lines += [f"- `{d}` — {s}" for d, s in cor] or ["None."]
+    damaged = _damaged_items(collected)
+    if damaged:
+        lines += ["", f"## {DAMAGED_HEADING}", "", DAMAGED_NOTE, ""]
+        lines += [f"- `{d}` — {s}" for d, s in damaged]
     return "\n".join(lines) + "\n"
 
 
@@ -777,6 +806,14 @@ def render_html(
         if cor
         else "<p>None.</p>"
     )
+    damaged = _damaged_items(collected)
+    if damaged:
+        parts.append(f"<h2>{e(DAMAGED_HEADING)}</h2>")
+        parts.append(f"<p>{e(DAMAGED_NOTE)}</p>")
+        parts.append(
+            "<ul>" + "".join(f"<li><code>{e(d)}</code> — {e(s)}</li>" for d, s in damaged)
+            + "</ul>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -19,6 +19,12 @@ with a success criterion, or a copy task scored by accuracy (higher is better), 
 report can be tested on every kind of metric. ``legacy=True`` writes summaries as they
 were before tasks named their metric (no ``metric``, ``final_val_metric``,
 ``task_success`` keys, no ``val_metric`` column).
+
+``param_every=k`` also writes ``param_metrics.parquet`` (per-parameter norms every k
+steps, as ``trainer.param_log_every=k`` does): the tensors' gradient norms split each
+step's global norm (their squares sum to it, before and after clipping), so the
+per-layer figure can be checked against the global one; with ``defects`` one run's
+file is truncated (``SyntheticSweep.damaged``) while its main files stay intact.
 """
 
 from __future__ import annotations
@@ -55,6 +61,19 @@ _CRITICAL_LR = {"sgd": 0.6, "adam": 0.015}
 #: Learning rate of the best final quality.
 _BEST_LR = {"sgd": 1.0, "adam": 0.01}
 _VOCAB = 65
+#: The parameter tensors of the synthetic model, in ``named_parameters()`` order, with
+#: each one's share of the squared global gradient norm (the shares sum to 1).
+PARAM_NAMES: tuple[str, ...] = (
+    "embed.weight",
+    "rnn.weight_ih_l0",
+    "rnn.weight_hh_l0",
+    "rnn.bias_ih_l0",
+    "rnn.bias_hh_l0",
+    "decoder.weight",
+    "decoder.bias",
+)
+_PARAM_SHARE = np.array([0.05, 0.15, 0.45, 0.02, 0.02, 0.3, 0.01])
+_PARAM_WEIGHT = np.array([8.0, 4.0, 6.0, 0.5, 0.5, 3.0, 0.3])
 
 
 @dataclass(frozen=True)
@@ -92,12 +111,15 @@ class SyntheticSweep:
     ``truth``: one row per well-formed finished run (completed or diverged) with the
     summary fields and the flat config, as a reader should find them.
     ``corrupt``: relative dir -> defect kind. ``incomplete``: relative dir -> status.
+    ``damaged``: relative dir -> defect kind, for well-formed runs (in ``truth``) whose
+    optional param_metrics.parquet is broken.
     """
 
     root: Path
     truth: pd.DataFrame
     corrupt: dict[str, str] = field(default_factory=dict)
     incomplete: dict[str, str] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
 
 
 def _clip_factor(method: str, thr: float | None) -> float:
@@ -212,6 +234,30 @@ def _validation(task: SyntheticTask, loss: np.ndarray) -> tuple[np.ndarray, np.n
     return val_loss, val_loss / math.log(2)
 
 
+def _param_table(
+    steps: np.ndarray, gpre: np.ndarray, gpost: np.ndarray, lr: float, rng: np.random.Generator
+) -> pa.Table:
+    """Rows (step, tensor) for the logged steps; ``gpre``/``gpost`` are the global norms there."""
+    k, n = len(PARAM_NAMES), len(steps)
+    share = np.sqrt(_PARAM_SHARE)[None, :] * np.exp(0.1 * rng.standard_normal((n, k)))
+    share /= np.sqrt((share**2).sum(axis=1, keepdims=True))  # squares sum to 1 again
+    pre = gpre[:, None] * share
+    post = gpost[:, None] * share
+    weight = _PARAM_WEIGHT[None, :] * (1.0 + 0.002 * steps[:, None])
+    with np.errstate(all="ignore"):
+        ratio = np.minimum(lr, 1.0) * 0.1 * post / weight
+    return pa.table(
+        {
+            "step": pa.array(np.repeat(steps, k), pa.int64()),
+            "name": pa.array(np.tile(np.array(PARAM_NAMES, dtype=object), n), pa.string()),
+            "grad_norm": pa.array(pre.ravel(), pa.float64()),
+            "grad_norm_post": pa.array(post.ravel(), pa.float64()),
+            "weight_norm": pa.array(weight.ravel(), pa.float64()),
+            "update_ratio": pa.array(ratio.ravel(), pa.float64()),
+        }
+    )
+
+
 def write_synthetic_sweep(
     root: str | os.PathLike[str],
     *,
@@ -227,6 +273,7 @@ def write_synthetic_sweep(
     stability: float = 1.0,
     task: str = "synthetic-chars",
     legacy: bool = False,
+    param_every: int = 0,
 ) -> SyntheticSweep:
     """Write a synthetic sweep under ``root`` and return what was written.
 
@@ -235,6 +282,7 @@ def write_synthetic_sweep(
     ``stability`` scales every critical learning rate (0.001 makes almost every run
     diverge, 1000 makes none diverge), for degenerate-input tests. ``task`` is a key of
     :data:`SYNTHETIC_TASKS`; ``legacy`` (text task only) writes the older summary format.
+    ``param_every`` > 0 writes param_metrics.parquet every that many steps (0: none).
     """
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"task {task!r} is not one of {sorted(SYNTHETIC_TASKS)}")
@@ -309,6 +357,7 @@ def write_synthetic_sweep(
     clip_frac = (clipped & valid).sum(axis=1) / length
 
     truth_rows: list[dict] = []
+    prng = np.random.default_rng([seed, 1])  # its own stream: the rest stays as it was
     for i, (o, lr_i, m, t, sd) in enumerate(grid):
         rel = f"{i:04d}"
         d = root / rel
@@ -378,6 +427,10 @@ def write_synthetic_sweep(
         }
         table = _metrics_table(cols, is_eval[0, :n], spec, legacy)
         pq.write_table(table, d / "metrics.parquet")
+        if param_every > 0:
+            at = np.arange(param_every, n + 1, param_every)
+            ptable = _param_table(at, gpre[i, at - 1], gpost[i, at - 1], lr_i, prng)
+            pq.write_table(ptable, d / "param_metrics.parquet")
         _write_json(d / "summary.json", summary)
         if hydra:
             (d / ".hydra").mkdir(exist_ok=True)
@@ -401,6 +454,11 @@ def write_synthetic_sweep(
     sweep = SyntheticSweep(root=root, truth=pd.DataFrame(truth_rows))
     if defects and grid:
         _write_defects(sweep, template=0)
+        if param_every > 0 and len(grid) > 1 and length[1] >= param_every:
+            path = root / "0001" / "param_metrics.parquet"  # a run that is not the template
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+            sweep.damaged["0001"] = "truncated_param_parquet"
     return sweep
 
 

@@ -27,7 +27,10 @@ def test_writes_every_file(report, sweep):
     }
     for path in report.figures.values():
         assert path.parent.name == "figures" and path.read_bytes().startswith(PNG_MAGIC)
-    assert report.skipped == {}
+    # the common case: no run logged per-parameter norms, so that figure is a note
+    assert set(report.skipped) == {"param_grad_norms"}
+    assert "trainer.param_log_every" in report.skipped["param_grad_norms"]
+    assert not (report.out_dir / "figures" / "param_grad_norms.png").exists()
     assert report.n_runs == len(sweep.truth) + 2
     assert (report.n_corrupt, report.n_incomplete) == (3, 2)
     assert report.n_found == report.n_runs + report.n_corrupt
@@ -136,6 +139,7 @@ def test_degenerate_sweeps(tmp_path, kwargs, skipped):
         eval_every=4,
         defects=False,
         hydra=False,
+        param_every=4,  # the per-layer figure must survive degenerate sweeps too
         **{"seeds": (0, 1), **kwargs},
     )
     res = make_report(sw.root, tmp_path / "out")
@@ -158,6 +162,7 @@ def test_only_corrupt_runs(tmp_path):
         "bpc_heatmap",
         "loss_curves",
         "grad_norms",
+        "param_grad_norms",
         "frontier",
     }
     assert "job" in res.paths["report_html"].read_text()
@@ -194,6 +199,7 @@ def test_configs_without_clip_or_optimizer_keys(tmp_path):
         eval_every=4,
         defects=False,
         hydra=False,
+        param_every=4,
     )
     for i, path in enumerate(sorted(sw.root.glob("*/summary.json"))):
         data = json.loads(path.read_text())
