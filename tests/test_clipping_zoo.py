@@ -399,6 +399,11 @@ def test_zclip_follows_the_reference_update(kw):
             assert torch.equal(out, grad)
         if not warm:
             assert float(fn.z) == pytest.approx(z, rel=1e-4, abs=1e-4), t
+            clipped_to = fn.summary()["last_clipped_to"]
+            if coef < 1.0:
+                assert clipped_to == pytest.approx(coef * (g + 1e-6), rel=1e-5), t
+            else:
+                assert clipped_to is None, t
         if ref.initialized:
             assert float(fn.mean) == pytest.approx(ref.mean, rel=1e-5), t
             assert float(fn.var) == pytest.approx(ref.var, rel=1e-4, abs=1e-9), t
