@@ -83,6 +83,9 @@ class NormClipConfig:
     # Mikolov & Bengio (2013, sec. 3.2), who found 0.5x to 10x that average to work.
     relative: bool = False
     calibration_steps: int = at_least(50, 1)
+    # as in torch's clip_grad_norm_: a non-finite gradient norm is an error, i.e. the run
+    # takes trainer.on_nonfinite=raise (found at the next flush, at its exact step)
+    error_if_nonfinite: bool = False
 
 
 @CLIP.register("none", NoClipConfig)

@@ -194,6 +194,9 @@ def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
         out.append(ConfigError("model.forget_bias", cfg.model.forget_bias,
                                "only for model.cell=lstm (use null otherwise)"))
     clip = cfg.clip
+    if clip.get("error_if_nonfinite") and t.on_nonfinite == "skip":
+        out.append(ConfigError("clip.error_if_nonfinite", True,
+                               "contradicts trainer.on_nonfinite=skip; use one of them"))
     if clip.get("relative") and clip.get("scope") != "global":
         out.append(ConfigError("clip.relative", True, "only with clip.scope=global"))
     if clip.get("relative") and clip.calibration_steps >= t.max_steps:

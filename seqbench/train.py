@@ -107,6 +107,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.schedule = build_schedule(self.optimizer, cfg.optim, int(t.max_steps))
         self.clip = build_clipper(cfg.clip, self.named_params)
+        # torch's clip_grad_norm_(error_if_nonfinite=True) is this run's `raise` policy
+        if cfg.clip.get("error_if_nonfinite"):
+            self.policy, self.policy_source = "raise", "clip.error_if_nonfinite=true"
+        else:
+            self.policy = t.on_nonfinite
+            self.policy_source = f"trainer.on_nonfinite={t.on_nonfinite}"
         amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=amp_dtype))
@@ -158,7 +164,7 @@ class Trainer:
         loss_finite = torch.isfinite(loss)
         grad_finite = torch.isfinite(pre)
         nonfinite = ~(loss_finite & grad_finite)
-        policy = self.cfg.trainer.on_nonfinite
+        policy = self.policy
         if self.scaler is not None:
             # GradScaler skips steps whose unscaled gradients hold inf/NaN (it reads that
             # flag on the host itself); those are AMP's normal operation, not divergence.
@@ -293,10 +299,10 @@ class Trainer:
         """Flush the buffered steps; True when the run must stop here (it diverged)."""
         st = self.state
         if self.flush(st.steps_completed + 1):
-            if self.cfg.trainer.on_nonfinite == "raise" and st.divergence == "nonfinite":
+            if self.policy == "raise" and st.divergence == "nonfinite":
                 raise NonFiniteError(
                     f"non-finite loss or gradient at step {st.first_nonfinite_step} "
-                    "(trainer.on_nonfinite=raise)"
+                    f"({self.policy_source})"
                 )
             st.status = "diverged"
             return True

@@ -96,6 +96,8 @@ BAD = [
     (["model=mlp"], "model=mlp", "needs model=lstm, gru or rnn_tanh"),
     (["trainer.freeze=[nope.*]"], "trainer.freeze=nope.*", "matches no parameter"),
     (["trainer.freeze=[*]"], "trainer.freeze=", "freezes every parameter"),
+    (["clip=norm", "clip.error_if_nonfinite=true", "trainer.on_nonfinite=skip"],
+     "clip.error_if_nonfinite=True", "contradicts trainer.on_nonfinite=skip"),
     (["--bogus"], "--bogus", "unknown"),
     (["optim.lr"], "optim.lr", "KEY=VALUE"),
     (["optim.lr=[1"], "override=optim.lr=[1", "cannot parse"),

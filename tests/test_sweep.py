@@ -196,3 +196,21 @@ def test_a_new_option_with_a_null_default_keeps_old_runs_finished(tmp_path):
     write_summary(tmp_path / "old", "completed", old)
     assert sw.finished(tmp_path / "old", {**old, "model.forget_bias": None})
     assert not sw.finished(tmp_path / "old", {**old, "model.forget_bias": 1.0})
+
+
+@pytest.mark.slow
+def test_clip_zoo_compares_every_method(tmp_path):
+    from seqbench.clipping import CLIP
+
+    cmd = [sys.executable, "-m", "seqbench", "sweep", "clip_zoo", "seed=0",
+           "trainer.max_steps=60", "task.seq_len=16", "task.batch_size=4",
+           "model.hidden_size=8", "model.embed_dim=4", "trainer.eval_batches=2"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    stable = pd.read_csv(tmp_path / "reports" / "clip_zoo" / "stable_lr.csv")
+    methods = set(stable["clip.method"])
+    assert set(CLIP.names()) <= methods | {"norm"}  # every registered method is compared
+    assert "norm_relative" in methods  # relative norm clipping shows as its own method
+    md = (tmp_path / "reports" / "clip_zoo" / "report.md").read_text()
+    for name in CLIP.names():
+        assert name in md

@@ -316,3 +316,11 @@ def test_per_parameter_rows_stop_with_a_divergence(tiny_cfg, tmp_path):
     Trainer(cfg, tmp_path, task=poisoned_task(cfg, 7)).run()
     pm = pd.read_parquet(tmp_path / "param_metrics.parquet")
     assert pm.step.unique().tolist() == [2, 4, 6]  # nothing after the diverged step 7
+
+
+def test_error_if_nonfinite_is_the_raise_policy(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("clip=norm", "clip.error_if_nonfinite=true")
+    with pytest.raises(NonFiniteError, match="clip.error_if_nonfinite=true"):
+        Trainer(cfg, tmp_path, task=poisoned_task(cfg, 3, where="grad")).run()
+    summary, _ = read(tmp_path)
+    assert summary["status"] == "error" and summary["first_nonfinite_step"] == 3

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,7 +201,7 @@ def _panel_title(key: tuple, cols: Sequence[str]) -> str:
             parts.append(fmt.optimizer(v))
         elif c == "clip.method":
             parts.append("no clipping" if v == "none" else f"{v} clipping")
-        else:
+        elif not fmt.is_missing(v):  # a facet this panel's method does not have: say nothing
             parts.append(f"{c}={fmt.num(v)}")
     return " · ".join(parts)
 
@@ -284,7 +285,9 @@ def _heatmap(
     nrows, ncols = _grid(len(panels), n_methods if n_methods <= 4 else 3)
     max_lrs = max(p["optim.lr"].nunique() for _, p in panels)
     max_thr = max(p["threshold"].nunique(dropna=False) for _, p in panels)
-    width = ncols * (1.0 + 0.75 * max_lrs) + 1.2
+    # at least ~3.8 in per panel, so a title such as "SGD · norm clipping ·
+    # clip.scope=per_tensor" and a wrapped y label fit without overlapping a neighbour
+    width = ncols * max(3.8, 1.0 + 0.75 * max_lrs) + 1.2
     height = nrows * (1.0 + 0.45 * max(max_thr, 2)) + 0.8
     colormap = mpl.colormaps[cmap]
     rows = []
@@ -347,7 +350,7 @@ def _heatmap(
                     )
             ax.set_title(ptitle)
             ax.set_xlabel("learning rate (optim.lr)")
-            ax.set_ylabel(_threshold_axis_label(method))
+            ax.set_ylabel(textwrap.fill(_threshold_axis_label(method), 22))
             ax.tick_params(axis="y", rotation=0)
         for ax in axes[len(panels) :]:
             ax.set_visible(False)

@@ -249,7 +249,8 @@ def _setting_phrase(rec: dict, extra: Sequence[str] = ()) -> str:
         parts.append(f"lr {fmt.lr(rec['optim.lr'])}")
     if "clip.method" in rec:
         parts.append(fmt.clip_phrase(rec["clip.method"], rec.get("threshold")))
-    parts += [f"{c}={fmt.num(rec[c]) if not isinstance(rec[c], str) else rec[c]}" for c in extra]
+    parts += [f"{c}={fmt.num(rec[c]) if not isinstance(rec[c], str) else rec[c]}" for c in extra
+              if not fmt.is_missing(rec[c])]  # a key this configuration does not have
     return ", ".join(parts) if parts else "every run"
 
 
