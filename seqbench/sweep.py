@@ -165,11 +165,21 @@ def finished(job_dir: Path, flat_config: Mapping[str, Any]) -> bool:
     return same_experiment(summary.get("config") or {}, flat_config)
 
 
+_OFF = (None, False, 0, "", (), [], {})
+
+
 def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Equal experiment configs; a key one side lacks counts as null there, so a run
-    recorded before an option with a null default existed still matches."""
+    """Equal experiment configs. A key only one side has matches when its value there is
+    an off-state (null, false, 0, empty): options are added switched off, so a run
+    recorded before an option existed is the same experiment as one with it off."""
     a, b = experiment_config(a), experiment_config(b)
-    return all(a.get(k) == b.get(k) for k in a.keys() | b.keys())
+    for k in a.keys() | b.keys():
+        if k in a and k in b:
+            if a[k] != b[k]:
+                return False
+        elif (a[k] if k in a else b[k]) not in _OFF:
+            return False
+    return True
 
 
 def config_identity(flat_config: Mapping[str, Any]) -> str:

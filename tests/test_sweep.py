@@ -194,8 +194,10 @@ def test_report_of_a_missing_directory_is_exit_2(tmp_path, capsys):
 def test_a_new_option_with_a_null_default_keeps_old_runs_finished(tmp_path):
     old = {"optim.lr": 0.5, "seed": 0}
     write_summary(tmp_path / "old", "completed", old)
-    assert sw.finished(tmp_path / "old", {**old, "model.forget_bias": None})
+    assert sw.finished(tmp_path / "old", {**old, "model.forget_bias": None,
+                                          "trainer.freeze": [], "trainer.param_log_every": 0})
     assert not sw.finished(tmp_path / "old", {**old, "model.forget_bias": 1.0})
+    assert not sw.finished(tmp_path / "old", {**old, "trainer.freeze": ["embed.*"]})
 
 
 @pytest.mark.slow
