@@ -171,6 +171,19 @@ class RelativeNormClip:
             return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
         return _rescale(grads, pre, total, self.threshold)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {"seen": torch.tensor(self.seen)}
+        if self.history is not None:
+            state["history"] = self.history
+        if self.threshold is not None:
+            state["threshold"] = self.threshold
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.seen = int(state["seen"])
+        self.history = state.get("history")
+        self.threshold = state.get("threshold")
+
     def summary(self) -> dict[str, float | None]:
         """The threshold the run used (read once, at the end of the run)."""
         if self.threshold is None:

@@ -324,3 +324,20 @@ def test_error_if_nonfinite_is_the_raise_policy(tiny_cfg, tmp_path):
         Trainer(cfg, tmp_path, task=poisoned_task(cfg, 3, where="grad")).run()
     summary, _ = read(tmp_path)
     assert summary["status"] == "error" and summary["first_nonfinite_step"] == 3
+
+
+@pytest.mark.parametrize("clip", [["clip=autoclip"], ["clip=zclip", "clip.warmup_steps=3"],
+                                  ["clip=norm", "clip.relative=true",
+                                   "clip.calibration_steps=3"]])
+def test_stateful_clipper_state_is_saved_with_the_run(tiny_cfg, tmp_path, clip):
+    trainer = Trainer(tiny_cfg(*clip), tmp_path)
+    trainer.run()
+    state = torch.load(tmp_path / "clip_state.pt", weights_only=True)
+    expected = trainer.clip.state_dict()
+    assert state.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(state[k], v.cpu()) if torch.is_tensor(v) else state[k] == v
+    fresh = Trainer(tiny_cfg(*clip), tmp_path / "again").clip
+    fresh.load_state_dict(state)  # a checkpoint can restore it
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v.cpu(), state[k]) if torch.is_tensor(v) else v == state[k]
