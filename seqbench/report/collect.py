@@ -244,34 +244,28 @@ def _read_summary(path: Path) -> dict:
     return data
 
 
-def _metrics_rows(path: Path) -> int:
-    """Validate metrics.parquet from its footer (cheap) and return its row count."""
-    if not path.is_file():
-        raise _Corrupt("metrics.parquet is missing")
+def _footer_rows(path: Path, required: Sequence[str]) -> int:
+    """Validate a Parquet file from its footer (cheap) and return its row count."""
     try:
         meta = pq.read_metadata(path)
     except (OSError, pa.ArrowException) as exc:
-        raise _Corrupt(f"metrics.parquet unreadable: {exc}") from exc
+        raise _Corrupt(f"{path.name} unreadable: {exc}") from exc
     names = set(meta.schema.to_arrow_schema().names)
-    missing = [c for c in REQUIRED_METRICS_COLUMNS if c not in names]
+    missing = [c for c in required if c not in names]
     if missing:
-        raise _Corrupt(f"metrics.parquet lacks columns: {', '.join(missing)}")
+        raise _Corrupt(f"{path.name} lacks columns: {', '.join(missing)}")
     return int(meta.num_rows)
 
 
+def _metrics_rows(path: Path) -> int:
+    if not path.is_file():
+        raise _Corrupt("metrics.parquet is missing")
+    return _footer_rows(path, REQUIRED_METRICS_COLUMNS)
+
+
 def _param_rows(path: Path) -> float:
-    """Rows of param_metrics.parquet from its footer: 0 when there is no such file."""
-    if not path.exists():
-        return 0.0
-    try:
-        meta = pq.read_metadata(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise _Corrupt(f"{PARAM_METRICS_FILE} unreadable: {exc}") from exc
-    names = set(meta.schema.to_arrow_schema().names)
-    missing = [c for c in REQUIRED_PARAM_COLUMNS if c not in names]
-    if missing:
-        raise _Corrupt(f"{PARAM_METRICS_FILE} lacks columns: {', '.join(missing)}")
-    return float(meta.num_rows)
+    """Rows of param_metrics.parquet: 0 when there is no such file (nothing was logged)."""
+    return float(_footer_rows(path, REQUIRED_PARAM_COLUMNS)) if path.exists() else 0.0
 
 
 def _row(rel: str, data: dict, metrics_rows: float) -> dict:
