@@ -55,7 +55,7 @@ def global_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
         # than abs().amax() on an LSTM-256's gradients (measured, interleaved runs)
         return torch.stack([g.abs().amax() for g in grads]).max()
     norms = torch._foreach_norm(grads, norm_type)
-    stacked = torch.stack([n.to(norms[0].device) for n in norms])
+    stacked = torch.stack(norms)  # seqbench keeps a model on one device
     if math.isinf(norm_type):
         return stacked.max()
     return torch.linalg.vector_norm(stacked, norm_type)
@@ -90,8 +90,12 @@ class NormClipConfig:
 
 @CLIP.register("none", NoClipConfig)
 def no_clip(cfg: NoClipConfig, named_params: NamedParams) -> ClipFn:
+    never: dict[torch.device, Tensor] = {}  # one constant `False` per device, made once
+
     def clip(params: list[Tensor], grads: list[Tensor], pre: Tensor) -> tuple[Tensor, Tensor]:
-        return pre, torch.zeros((), dtype=torch.bool, device=pre.device)
+        if pre.device not in never:
+            never[pre.device] = torch.zeros((), dtype=torch.bool, device=pre.device)
+        return pre, never[pre.device]
 
     return clip
 

@@ -28,9 +28,9 @@ from torch import Tensor
 SCHEMA_VERSION = 1
 STATUSES = ("running", "completed", "diverged", "error", "interrupted")
 
-# device-side columns, in buffer order
-DEVICE_COLUMNS = ("train_loss", "grad_norm_pre", "grad_norm_post", "clipped", "nonfinite",
-                  "exploded", "skipped")
+# device-side columns, in buffer order; the flags (non-finite, exploded, skipped) are
+# derived from these on the host at each flush
+DEVICE_COLUMNS = ("train_loss", "grad_norm_pre", "grad_norm_post", "clipped")
 
 METRICS_SCHEMA = pa.schema([
     ("step", pa.int64()),
@@ -59,8 +59,9 @@ class StepBuffer:
                                   device=device)
         self.n = 0
 
-    def record(self, *values: Tensor) -> None:
-        self.values[self.n].copy_(torch.stack([v.float() for v in values]))
+    def record(self, loss: Tensor, pre: Tensor, post: Tensor, clipped: Tensor) -> None:
+        # one stack written straight into the buffer row: the fewest kernels per step
+        torch.stack([loss, pre, post, clipped.to(self.values.dtype)], out=self.values[self.n])
         self.n += 1
 
     @property
@@ -72,19 +73,23 @@ class StepBuffer:
         host = self.values[: self.n].cpu().numpy().astype(np.float64)
         self.n = 0
         out = {name: host[:, i] for i, name in enumerate(DEVICE_COLUMNS)}
-        for name in ("clipped", "nonfinite", "exploded", "skipped"):
-            out[name] = out[name] > 0.5
+        out["clipped"] = out["clipped"] > 0.5
         return out
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file and rename it into place: a reader, or a process killed
+    mid-write, never sees half a file. `durable` also fsyncs first, so the file survives a
+    machine crash; the per-flush writes of a running run skip that (a few ms each, 5% of
+    a small CPU step) because the run's final write and its checkpoints are durable."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -113,9 +118,9 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, durable: bool = True) -> None:
     text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode(), durable)
 
 
 PARAM_SCHEMA = pa.schema([
@@ -133,34 +138,37 @@ class MetricsFile:
 
     def __init__(self, path: Path, schema: pa.Schema = METRICS_SCHEMA):
         self.path, self.schema = Path(path), schema
+        self.text_columns = [f.name for f in schema if pa.types.is_string(f.type)]
         self.columns: dict[str, list[np.ndarray]] = {f.name: [] for f in schema}
 
-    def append(self, columns: dict[str, np.ndarray]) -> None:
+    def append(self, columns: dict[str, np.ndarray], durable: bool = False) -> None:
         n = len(columns["step"])
         if n == 0:
             return
         for name, chunks in self.columns.items():
             chunks.append(np.asarray(columns.get(name, np.full(n, np.nan))))
-        self.write()
+        self.write(durable)
 
     def set_last(self, **values: float) -> None:
-        """Fill values of the last row written (the end-of-run evaluation)."""
+        """Fill values of the last row (the end-of-run evaluation); written by the next
+        `write`."""
         for name, value in values.items():
             self.columns[name][-1] = self.columns[name][-1].astype(np.float64, copy=True)
             self.columns[name][-1][-1] = value
-        self.write()
 
     def column(self, name: str) -> np.ndarray:
         chunks = self.columns[name]
         return np.concatenate(chunks) if chunks else np.array([])
 
-    def write(self) -> None:
+    def write(self, durable: bool = True) -> None:
         arrays = [pa.array(self.column(f.name), type=f.type, from_pandas=True)
                   for f in self.schema]
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+        # dictionary encoding only for text columns: on float columns it made each
+        # rewrite of a 10,000-row file 5x slower (13 ms vs 2.4 ms) and the file larger
+        pq.write_table(table, sink, compression="zstd", use_dictionary=self.text_columns)
+        atomic_write_bytes(self.path, sink.getvalue().to_pybytes(), durable)
 
 
 class ParamLog:

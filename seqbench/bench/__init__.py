@@ -1,0 +1,1 @@
+"""Performance benchmarks: measured numbers written to reports/bench/, never timed tests."""

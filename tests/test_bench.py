@@ -1,0 +1,71 @@
+"""`seqbench bench`: the comparison is fair and the results are written as promised.
+
+No timing is asserted here (speed targets live in the benchmark's own output); these
+tests check that the bare loop and the trainer train the very same model on the same
+data, and that the command writes its table.
+"""
+
+import json
+
+import pytest
+import torch
+
+from seqbench.bench.step import SIZES, bare_loop, device_slug, main, trainer_loop
+from seqbench.config import compose
+
+CPU = torch.device("cpu")
+SMALL = (*SIZES["demo"], "trainer.device=cpu", "trainer.eval_every=0",
+         "trainer.progress=off", "trainer.log_every=5", "seed=3")
+
+
+def test_bare_loop_and_trainer_train_the_same_model(tmp_path):
+    """With clip=none, the trainer's bookkeeping must not change what is computed."""
+    cfg = compose([*SMALL, "clip=none", "optim=sgd", "optim.lr=0.5"])
+    run_bare, bare_model = bare_loop(cfg, CPU)
+    run_trainer, trainer = trainer_loop(cfg, tmp_path / "t")
+    run_bare(10)
+    run_trainer(10)
+    for (name, a), (_, b) in zip(bare_model.named_parameters(),
+                                 trainer.model.named_parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert trainer.state.steps_completed == 10  # two flushes of five steps happened
+    assert (tmp_path / "t" / "metrics.parquet").exists()
+
+
+def test_trainer_loop_refuses_a_diverged_benchmark(tmp_path):
+    cfg = compose([*SMALL, "clip=none", "optim=sgd", "optim.lr=1e6"])
+    run, _ = trainer_loop(cfg, tmp_path / "t")
+    with pytest.raises(RuntimeError, match="diverged"):
+        run(20)
+
+
+@pytest.mark.slow
+def test_bench_writes_its_table(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["--size", "demo", "--device", "cpu", "--steps", "25", "--repeats", "2",
+            "--warmup", "25", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    slug = device_slug(CPU)
+    doc = json.loads((out / f"{slug}.json").read_text())
+    entry = doc["sizes"]["demo"]
+    assert set(entry["variants"]) == set("abcdef")
+    assert entry["variants"]["a"]["ratio_to_a"] == pytest.approx(1.0)
+    for row in entry["variants"].values():
+        assert row["tokens_per_s"] > 0 and row["min_s"] <= row["median_s"] <= row["max_s"]
+    assert set(entry["targets"]) == {"b/a", "d/b"}
+    md = (out / f"{slug}.md").read_text()
+    assert "bare PyTorch loop" in md and "| (f)" in md and "b/a ≥ 0.97" in md
+    assert "b/a =" in printed
+    # a second size run merges into the same files instead of replacing them
+    doc["sizes"]["other"] = dict(entry, size="other")
+    (out / f"{slug}.json").write_text(json.dumps(doc))
+    assert main(argv) == 0
+    assert set(json.loads((out / f"{slug}.json").read_text())["sizes"]) == {"demo", "other"}
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--repeats", "-1"]])
+def test_bad_arguments_are_one_line(argv, capsys):
+    assert main([*argv, "--no-write"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seqbench: error: --")
