@@ -7,6 +7,7 @@ before Hydra creates a run directory or configures logging.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -20,7 +21,14 @@ log = logging.getLogger("seqbench")
 
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> None:
-    from seqbench.train import train
+    from seqbench.train import Interrupted, train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    train(cfg, run_dir)
+    try:
+        train(cfg, run_dir)
+    except Interrupted as e:
+        # not an error: a checkpoint is saved. Exit as a signalled process would (143 for
+        # SIGTERM); in a local sweep this also stops the sweep, as the signal meant.
+        log.warning("%s; checkpoint saved. The same command with hydra.run.dir=%s "
+                    "continues from it (a sweep: run the sweep again)", e, run_dir)
+        sys.exit(128 + e.signum)

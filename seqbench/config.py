@@ -54,6 +54,13 @@ class TrainerConfig:
     # produce denormals, which x86 CPUs compute several times slower (measured 3.4x).
     flush_denormal: bool = True
     progress: str = one_of("auto", ("auto", "bar", "log", "off"))
+    # a checkpoint (model, optimizer, RNGs, data position, ...) at the first flush at
+    # least this many steps after the last one, and on SIGTERM/SIGUSR1/SIGUSR2; 0: only
+    # on those signals
+    checkpoint_every: int = at_least(200, 0)
+    # auto: continue from the run directory's checkpoint.pt when it is of the same
+    # experiment; never: always start at step 0 (an old checkpoint is replaced)
+    resume: str = one_of("auto", ("auto", "never"))
 
 
 @dataclass
@@ -71,7 +78,7 @@ GROUPS = ("task", "model", "optim", "clip", "trainer")
 # Config keys that change where or how a run executes, not what it measures: runs that
 # differ only in these are the same experiment (one report cell, one finished sweep job).
 NON_EXPERIMENT_KEYS = ("trainer.progress", "trainer.device", "trainer.threads",
-                       "trainer.log_every")
+                       "trainer.log_every", "trainer.checkpoint_every", "trainer.resume")
 
 
 def register_schemas() -> None:

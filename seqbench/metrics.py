@@ -156,6 +156,25 @@ class MetricsFile:
             self.columns[name][-1] = self.columns[name][-1].astype(np.float64, copy=True)
             self.columns[name][-1][-1] = value
 
+    @staticmethod
+    def read_upto(path: Path, step: int, schema: pa.Schema = METRICS_SCHEMA
+                  ) -> dict[str, np.ndarray] | None:
+        """The rows of an existing file with `step` <= `step` (a resumed run's past);
+        None when the file is missing, unreadable or of another schema."""
+        try:
+            table = pq.read_table(path, columns=schema.names)
+            table = table.cast(schema)
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        steps = table["step"].to_numpy()
+        keep = np.flatnonzero(steps <= step)
+        table = table.take(pa.array(keep))
+        return {name: table[name].to_numpy(zero_copy_only=False) for name in schema.names}
+
+    def load(self, columns: dict[str, np.ndarray]) -> None:
+        """Start from these rows (they are rewritten with the next flush)."""
+        self.columns = {name: [np.asarray(columns[name])] for name in self.columns}
+
     def column(self, name: str) -> np.ndarray:
         chunks = self.columns[name]
         return np.concatenate(chunks) if chunks else np.array([])

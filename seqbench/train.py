@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import signal
 import sys
@@ -26,8 +27,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from seqbench import checkpoint as ckpt
+from seqbench.checkpoint import CHECKPOINT_FILE
 from seqbench.clipping import build_clipper, global_norm
-from seqbench.config import flat, frozen_names
+from seqbench.config import NON_EXPERIMENT_KEYS, flat, frozen_names
 from seqbench.data.tasks import build_task
 from seqbench.metrics import (
     EVAL_COLUMNS,
@@ -56,7 +59,12 @@ class NonFiniteError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """SIGTERM (cluster pre-emption or timeout) or Ctrl-C."""
+    """SIGTERM/SIGUSR1/SIGUSR2 (cluster pre-emption or time limit): the run stopped
+    after saving a checkpoint."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,8 +104,24 @@ class Trainer:
         # plain Python values: an OmegaConf attribute read costs ~20-40 us, several a step
         t = self.t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
         self.flat_config = flat(cfg)  # ~0.5 ms to build; summary.json is written per flush
-        if t.threads:
-            torch.set_num_threads(int(t.threads))
+        self.task_given = task
+        self._build()
+        if t.resume == "auto" and (self.run_dir / CHECKPOINT_FILE).exists():
+            try:
+                self._restore(ckpt.load(self.run_dir / CHECKPOINT_FILE))
+            except (ckpt.CheckpointError, KeyError, ValueError, RuntimeError, TypeError) as e:
+                log.warning("not resuming: %s; starting at step 1", e)
+                (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+                self._build()  # fresh objects, seeded as a run that never stopped
+        elif (self.run_dir / CHECKPOINT_FILE).exists():
+            (self.run_dir / CHECKPOINT_FILE).unlink()  # resume=never: start over
+
+    def _build(self) -> None:
+        """Seed, data, model, optimizer, clipper and run state, as at step 0."""
+        t, cfg, task = self.t, self.cfg, self.task_given
+        threads = int(t.threads) or _slurm_cpus()
+        if threads:
+            torch.set_num_threads(threads)
         seed_everything(int(cfg.seed), bool(t.deterministic))
         self.device = resolve_device(t.device)
         if self.device.type == "cpu":
@@ -147,6 +171,10 @@ class Trainer:
             {id(p): n for n, p in self.named_params},
         ) if every > 0 else None
         self.env = env_info(self.device)
+        self.resumed_from: list[int] = []  # steps this run continued from a checkpoint
+        self.checkpointed_at = 0
+        self.pending_signal: int | None = None
+        self.start_step = 1
 
     # ---- the step -------------------------------------------------------------------
     def step(self) -> None:
@@ -289,26 +317,40 @@ class Trainer:
         max_steps = int(t.max_steps)
         self.write_summary()
         log.info(
-            "run %s: %s, %s params, device %s (%s), %d steps of %d tokens",
+            "run %s: %s, %s params, device %s (%s), %d steps of %d tokens%s",
             self.run_dir, self.task.name, f"{count_parameters(self.model):,}", self.device,
             self.env["device_name"], max_steps, self.task.tokens_per_step,
+            f", resumed at step {self.start_step}" if self.resumed_from else "",
         )
         progress = Progress(t.progress, max_steps, self.task.metric.name)
-        previous_handler = _install_sigterm()
+        previous = _install_signal_handlers(self)
+        stopped_by: int | None = None
         try:
             with progress:
                 self.model.train()
-                for step in range(1, max_steps + 1):
+                for step in range(self.start_step, max_steps + 1):
                     if self.loop_step(step, max_steps):
                         break
                     if step % int(t.log_every) == 0 or step == max_steps:
                         progress.update(step, self.metrics, self.state)
-            if self.state.status == "running":
+                    if self.pending_signal is not None and step < max_steps:
+                        # pre-emption or a time limit: save where we are, then stop
+                        if self.buffer.n and self.end_window(step):
+                            break  # the partial window showed a divergence: a result
+                        self.save_checkpoint(step)
+                        stopped_by = self.pending_signal
+                        break
+            if stopped_by is not None:
+                self.state.status = "interrupted"
+                self.state.error = f"stopped by {signal.Signals(stopped_by).name} at step " \
+                    f"{self.state.steps_completed}; checkpoint saved, resume continues there"
+                self.write_summary()
+            elif self.state.status == "running":
                 self.state.status = "completed"
-        except (KeyboardInterrupt, Interrupted):
+        except KeyboardInterrupt:
             self._flush_partial()
             self.state.status = "interrupted"
-            self.state.error = "interrupted by signal"
+            self.state.error = "interrupted (Ctrl-C)"
             self.write_summary()
             raise
         except BaseException as e:
@@ -318,12 +360,93 @@ class Trainer:
             self.write_summary()
             raise
         finally:
-            _restore_sigterm(previous_handler)
+            _restore_signal_handlers(previous)
+        if stopped_by is not None:
+            log.info("stopped by signal %s at step %d; checkpoint saved",
+                     signal.Signals(stopped_by).name, self.state.steps_completed)
+            # a handler installed before ours (submitit's, which requeues the job and
+            # exits) gets the signal now that the checkpoint is safe
+            handler = previous.get(stopped_by)
+            if callable(handler):
+                handler(stopped_by, None)
+            raise Interrupted(stopped_by)
         self.metrics.write(durable=True)  # the final rows (and evaluation), fsynced
         self.save_clip_state()
+        (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the run is over
         summary = self.write_summary()
         log.info(summary_line(summary))
         return summary
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        """Everything needed to continue after `step` (a flush boundary: the metrics file
+        holds exactly the rows up to it)."""
+        st = self.state
+        ckpt.save(self.run_dir / CHECKPOINT_FILE, {
+            "step": step,
+            "config": self.experiment_config(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "clip": self.clip.state_dict() if hasattr(self.clip, "state_dict") else None,
+            "task": self.task.state_dict(),
+            "rng": ckpt.rng_state(),
+            "run": {
+                "first_nonfinite_step": st.first_nonfinite_step,
+                "steps_completed": st.steps_completed, "tokens_seen": st.tokens_seen,
+                "skipped_steps": st.skipped_steps,
+                "evals": {int(k): dict(v) for k, v in st.evals.items()},
+                "initial_loss": self.initial_loss, "step_count": self.step_count,
+                "elapsed": self.elapsed(), "eval_seconds": self.eval_seconds,
+                "resumed_from": list(self.resumed_from),
+                "metrics_rows": len(self.metrics.column("step")),
+            },
+        })
+        self.checkpointed_at = step
+        log.info("checkpoint at step %d", step)
+
+    def experiment_config(self) -> dict[str, Any]:
+        """The config that defines what is measured: a checkpoint of another is not ours."""
+        return {k: v for k, v in self.flat_config.items() if k not in NON_EXPERIMENT_KEYS}
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        """Continue from a checkpoint of this experiment (raises if it is not one)."""
+        if data["config"] != self.experiment_config():
+            raise ckpt.CheckpointError("the checkpoint belongs to another config")
+        step, run = int(data["step"]), data["run"]
+        rows = MetricsFile.read_upto(self.run_dir / "metrics.parquet", step)
+        if rows is None or len(rows["step"]) != int(run["metrics_rows"]):
+            raise ckpt.CheckpointError("metrics.parquet does not hold the checkpoint's rows")
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        if self.schedule is not None and data["schedule"] is not None:
+            self.schedule.load_state_dict(data["schedule"])
+        if self.scaler is not None and data["scaler"] is not None:
+            self.scaler.load_state_dict(data["scaler"])
+        if data["clip"] is not None and hasattr(self.clip, "load_state_dict"):
+            self.clip.load_state_dict(ckpt.to_device(data["clip"], self.device))
+        self.task.load_state_dict(data["task"])
+        self.metrics.load(rows)
+        if self.param_log is not None:
+            prows = MetricsFile.read_upto(self.param_log.file.path, step,
+                                          self.param_log.file.schema)
+            if prows is not None:
+                self.param_log.file.load(prows)
+        st = self.state
+        st.first_nonfinite_step = run["first_nonfinite_step"]
+        st.steps_completed, st.tokens_seen = int(run["steps_completed"]), int(run["tokens_seen"])
+        st.skipped_steps = int(run["skipped_steps"])
+        st.evals = {int(k): dict(v) for k, v in run["evals"].items()}
+        self.initial_loss = run["initial_loss"]
+        self.step_count = int(run["step_count"])
+        self.t_start = time.perf_counter() - float(run["elapsed"])
+        self.eval_seconds = float(run["eval_seconds"])
+        self.resumed_from = [*run["resumed_from"], step]
+        self.checkpointed_at = step
+        self.start_step = step + 1
+        ckpt.set_rng_state(data["rng"])  # last: building the objects above drew from it
+        log.info("resuming from the checkpoint at step %d", step)
 
     def loop_step(self, step: int, max_steps: int) -> bool:
         """Step `step` of the run: train, a due evaluation, and the flush that ends a
@@ -370,8 +493,12 @@ class Trainer:
                 self.eval_seconds += time.perf_counter() - t0
             self.metrics.set_last(**{k: v for k, v in st.evals[step].items()
                                      if k in EVAL_COLUMNS})
-        elif time.perf_counter() - self.summary_written >= SUMMARY_EVERY_S:
-            self.write_summary()  # progress for a reader; the metrics file is per flush
+        else:
+            every = int(self.t.checkpoint_every)
+            if every and step - self.checkpointed_at >= every:
+                self.save_checkpoint(step)
+            if time.perf_counter() - self.summary_written >= SUMMARY_EVERY_S:
+                self.write_summary()  # progress for a reader; the metrics file is per flush
         return False
 
     def _flush_partial(self) -> None:
@@ -428,6 +555,7 @@ class Trainer:
             "train_seconds": train_s,
             "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
             "clip": clip_info,
+            "resumed_from": self.resumed_from,
             "task": self.task.describe(),
             "parameters": count_parameters(self.model),
             "frozen": self.frozen,
@@ -459,20 +587,39 @@ def summary_line(s: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _install_sigterm():
+# SIGTERM: SLURM's pre-emption, scancel and time limit; SIGUSR1/SIGUSR2: the early
+# warning clusters send on request (`sbatch --signal`); submitit asks for SIGUSR2.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _install_signal_handlers(trainer: Trainer) -> dict[int, Any]:
+    """The handler only records the signal: the loop checkpoints at the end of the
+    current step (state mid-step is not worth saving) and then stops."""
+
     def handler(signum, frame):
-        raise Interrupted(f"signal {signum}")
+        trainer.pending_signal = signum
 
+    previous = {}
+    for sig in STOP_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not in the main thread (e.g. a joblib worker thread)
+            return previous
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(sig, handler)
+
+
+def _slurm_cpus() -> int:
+    """Under SLURM with task/none, `-c N` does not limit torch's threads: use N."""
     try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread (e.g. a joblib worker thread)
-        return None
-
-
-def _restore_sigterm(previous) -> None:
-    if previous is not None:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
+        return max(0, int(os.environ.get("SLURM_CPUS_PER_TASK", "0")))
+    except ValueError:
+        return 0
 
 
 class Progress:

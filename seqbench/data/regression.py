@@ -259,6 +259,17 @@ class RegressionTask:
     def reset_state(self) -> None:
         """Nothing to drop: an MLP carries no state from one batch to the next."""
 
+    def state_dict(self) -> dict:
+        """Where in which epoch's shuffle the run is, and the shuffling generator."""
+        return {"generator": self.generator.get_state(), "epoch": self.epoch, "k": self.k,
+                "perm": self.perm}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch, self.k = int(state["epoch"]), int(state["k"])
+        self.perm = state["perm"].to(self.device)
+        self._set_batch()
+
     # ---- evaluation -----------------------------------------------------------------
     @torch.no_grad()
     def mse(self, model: nn.Module, split: str, limit: int = 0) -> Tensor:

@@ -384,6 +384,15 @@ class SyntheticTask:
     def reset_state(self) -> None:
         """Nothing to drop: every sequence starts from a zero state."""
 
+    def state_dict(self) -> dict:
+        """The generator that draws training batches, and the batch drawn for the next
+        step (the generator state alone would redraw it from the wrong point)."""
+        return {"train_gen": self.train_gen.get_state(), "batch": list(self.batch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_gen.set_state(state["train_gen"])
+        self.batch = tuple(t.to(self.device) for t in state["batch"])
+
     # -- evaluation --
     def fixed_set(self, key: int, n: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The fixed set `key` (validation or test): drawn on the CPU in blocks of

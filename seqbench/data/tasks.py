@@ -15,6 +15,9 @@ The interface every task provides (the trainer uses nothing else):
 - `advance()` -- move to the next step's data; `reset_state()` -- drop carried state;
 - `evaluate(model, max_batches) -> dict` with `val_loss`, `val_metric` (and `val_bpc`
   for text), Python floats; called every `eval_every` steps and at the end;
+- `state_dict() -> dict` / `load_state_dict(state)` -- the data position and any
+  carried state (hidden states, generator states), tensors and plain values only, so a
+  checkpointed run resumes on exactly the data it would have seen;
 - optional `success(model) -> dict` with `task_success: bool` and the numbers behind it,
   called once at the end of a completed run (e.g. error rate on fresh sequences).
 """
@@ -164,6 +167,16 @@ class CharLMTask:
 
     def reset_state(self) -> None:
         self.hidden = [None] * len(self.hidden)
+
+    def state_dict(self) -> dict:
+        return {"position": self.train_stream.position, "hidden": list(self.hidden)}
+
+    def load_state_dict(self, state: dict) -> None:
+        from seqbench.checkpoint import to_device
+
+        self.train_stream.position = int(state["position"])
+        device = self.train_stream.data.device
+        self.hidden = [to_device(h, device) for h in state["hidden"]]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int = 0) -> dict[str, float]:

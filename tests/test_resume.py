@@ -1,0 +1,245 @@
+"""Checkpoints and resume: a stopped run continues exactly where it stopped.
+
+The reference is always the same config run without interruption: a resumed run must
+give the same metrics rows (every column but the wall clock) and the same final numbers.
+CPU, `trainer.deterministic=true`, one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from seqbench.checkpoint import CHECKPOINT_FILE, CheckpointError, load
+from seqbench.config import compose
+from seqbench.train import Interrupted, Trainer
+
+from .conftest import TINY
+
+RESUMABLE = [*TINY, "trainer.max_steps=40", "trainer.checkpoint_every=10",
+             "trainer.eval_every=10", "trainer.deterministic=true", "optim=sgd",
+             "optim.lr=1.0", "model.dropout=0.1", "model.num_layers=2"]
+TASKS = {
+    "charlm": [],
+    "adding": ["task=adding", "task.length=10", "model=gru"],
+    "regression": ["task=regression_mlp", "model=mlp", "task.batch_size=16"],
+}
+
+
+def cfg_for(task: str, *more: str):
+    extra = TASKS[task]
+    base = [o for o in RESUMABLE
+            if not (task != "charlm" and o.startswith(("task.seq_len", "model.embed_dim",
+                                                      "model.num_layers", "task.batch_size",
+                                                      "model.hidden_size")))]
+    if task == "regression":
+        base = [o for o in base if not o.startswith("model.dropout")]
+    return compose([*base, *extra, *more])
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    return pq.read_table(run_dir / "metrics.parquet").to_pandas().drop(columns=["wall_s"])
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    pd.testing.assert_frame_equal(metrics(resumed), metrics(reference))
+    a, b = summary(resumed), summary(reference)
+    for key in ("status", "steps_completed", "final_train_loss", "final_val_metric",
+                "best_val_metric", "divergence", "divergence_step", "clip_fraction",
+                "grad_norm_pre", "task_success"):
+        assert a[key] == b[key], key
+
+
+def stop_at(trainer: Trainer, step: int, signum: int) -> None:
+    """Send `signum` to this process while step `step` runs (as a cluster would)."""
+    advance = trainer.task.advance
+
+    def advance_and_signal():
+        if trainer.step_count + 1 == step:
+            os.kill(os.getpid(), signum)
+        advance()
+
+    trainer.task.advance = advance_and_signal
+
+
+@pytest.mark.parametrize("task, signum, at", [
+    ("charlm", signal.SIGTERM, 23), ("charlm", signal.SIGUSR1, 10),
+    ("charlm", signal.SIGUSR2, 7), ("adding", signal.SIGTERM, 23),
+    ("regression", signal.SIGTERM, 23),
+])
+def test_a_signal_checkpoints_and_the_run_resumes_identically(tmp_path, task, signum, at):
+    cfg = cfg_for(task)
+    Trainer(cfg, tmp_path / "ref").run()
+
+    run = tmp_path / "run"
+    trainer = Trainer(cfg, run)
+    stop_at(trainer, at, signum)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    s = summary(run)
+    assert s["status"] == "interrupted" and s["steps_completed"] == at
+    assert signal.Signals(signum).name in s["error"]
+    assert metrics(run)["step"].tolist() == list(range(1, at + 1))  # nothing lost
+    assert load(run / CHECKPOINT_FILE)["step"] == at
+
+    Trainer(cfg, run).run()
+    assert_same_run(run, tmp_path / "ref")
+    assert summary(run)["resumed_from"] == [at]
+    assert not (run / CHECKPOINT_FILE).exists()  # a finished run keeps no checkpoint
+
+
+def test_periodic_checkpoints_and_resume_from_the_last_one(tmp_path):
+    """A run that dies without warning resumes from the last periodic checkpoint; the
+    rows after it are recomputed once, not duplicated."""
+    cfg = cfg_for("charlm")
+    Trainer(cfg, tmp_path / "ref").run()
+    run = tmp_path / "run"
+    trainer = Trainer(cfg, run)
+    original = trainer.save_checkpoint
+    saved = []
+
+    def save_then_die(step):
+        original(step)
+        saved.append(step)
+        if step == 20:
+            raise KeyboardInterrupt  # dies after the checkpoint at step 20 ...
+
+    trainer.save_checkpoint = save_then_die
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert saved == [10, 20]
+    Trainer(cfg, run).run()
+    assert_same_run(run, tmp_path / "ref")
+    assert summary(run)["resumed_from"] == [20]
+
+
+def test_unusable_checkpoints_mean_a_fresh_start(tmp_path, caplog):
+    cfg = cfg_for("charlm")
+    Trainer(cfg, tmp_path / "ref").run()
+    for name, damage in [
+        ("truncated", lambda p: p.write_bytes(p.read_bytes()[:100])),
+        ("garbage", lambda p: p.write_bytes(os.urandom(4096))),
+        ("other config", None),
+    ]:
+        run = tmp_path / name.replace(" ", "_")
+        trainer = Trainer(cfg_for("charlm", "optim.lr=0.5") if damage is None else cfg, run)
+        stop_at(trainer, 15, signal.SIGTERM)
+        with pytest.raises(Interrupted):
+            trainer.run()
+        if damage is not None:
+            damage(run / CHECKPOINT_FILE)
+        Trainer(cfg, run).run()
+        assert summary(run)["resumed_from"] == [], name
+        assert_same_run(run, tmp_path / "ref")
+    assert "not resuming" in caplog.text
+
+
+def test_resume_never_starts_over(tmp_path):
+    cfg = cfg_for("charlm")
+    trainer = Trainer(cfg, tmp_path)
+    stop_at(trainer, 15, signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    Trainer(cfg_for("charlm", "trainer.resume=never"), tmp_path).run()
+    assert summary(tmp_path)["resumed_from"] == []
+    assert metrics(tmp_path)["step"].tolist() == list(range(1, 41))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["SEQBENCH_TEST_MARKER"]),))
+
+
+def test_loading_a_checkpoint_never_runs_code(tmp_path, monkeypatch):
+    marker = tmp_path / "PWNED"
+    monkeypatch.setenv("SEQBENCH_TEST_MARKER", str(marker))
+    torch.save({"version": 1, "model": _Payload()}, tmp_path / CHECKPOINT_FILE)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError):
+        load(tmp_path / CHECKPOINT_FILE)
+    assert not marker.exists()
+
+
+# ---- SIGKILL: a real process, killed without warning ---------------------------------
+
+def _train(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "seqbench", "train", *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _rows(run_dir: Path) -> int:
+    try:
+        return pq.read_metadata(run_dir / "metrics.parquet").num_rows
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_gives_the_same_run(tmp_path):
+    overrides = [*RESUMABLE, "trainer.max_steps=300", "trainer.checkpoint_every=20",
+                 "trainer.eval_every=50"]
+    kill_after = random.Random().randrange(30, 250)
+    print(f"killing after {kill_after} steps")  # shown if the test fails
+    ref = _train(tmp_path / "ref", overrides)
+    run = tmp_path / "run"
+    proc = _train(run, overrides)
+    deadline = time.monotonic() + 120
+    while _rows(run) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # whatever instant it died at, every file left behind is readable
+    rows_at_kill = _rows(run)
+    assert rows_at_kill >= kill_after
+    assert summary(run)["status"] == "running"
+    checkpoint_step = load(run / CHECKPOINT_FILE)["step"]
+    assert checkpoint_step <= rows_at_kill
+
+    again = _train(run, overrides)
+    assert again.wait(timeout=180) == 0, again.stderr.read()
+    assert ref.wait(timeout=180) == 0, ref.stderr.read()
+    assert_same_run(run, tmp_path / "ref")
+    assert summary(run)["resumed_from"] == [checkpoint_step]
+    assert np.array_equal(metrics(run)["step"], np.arange(1, 301))
+
+
+def test_a_handler_installed_before_ours_still_gets_the_signal(tmp_path):
+    """submitit handles SIGUSR2 by requeueing the job and exiting: it must run after the
+    checkpoint is saved, and the run must be recorded as interrupted, not as an error."""
+    calls = []
+
+    def submitit_like(signum, frame):
+        calls.append((signum, (tmp_path / CHECKPOINT_FILE).exists()))
+        raise SystemExit(-1)
+
+    old = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        trainer = Trainer(cfg_for("charlm"), tmp_path)
+        stop_at(trainer, 12, signal.SIGUSR2)
+        with pytest.raises(SystemExit):
+            trainer.run()
+        assert signal.getsignal(signal.SIGUSR2) is submitit_like  # ours is gone again
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert calls == [(signal.SIGUSR2, True)]
+    assert summary(tmp_path)["status"] == "interrupted"
+    assert load(tmp_path / CHECKPOINT_FILE)["step"] == 12
