@@ -57,7 +57,7 @@ class TrainerConfig:
     # a checkpoint (model, optimizer, RNGs, data position, ...) at the first flush at
     # least this many steps after the last one, and on SIGTERM/SIGUSR1/SIGUSR2; 0: only
     # on those signals
-    checkpoint_every: int = at_least(200, 0)
+    checkpoint_every: int = at_least(1000, 0)
     # auto: continue from the run directory's checkpoint.pt when it is of the same
     # experiment; never: always start at step 0 (an old checkpoint is replaced)
     resume: str = one_of("auto", ("auto", "never"))
