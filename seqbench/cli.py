@@ -32,6 +32,11 @@ commands:
                           download, check and cache corpora (enwik8, text8,
                           ptb_char, war_and_peace; tinyshakespeare is bundled)
 
+  bench [--size SIZE] [--device cpu|cuda] | bench report | bench sweep
+                          time the training step against a bare PyTorch loop, the
+                          report on 1,000 synthetic runs, or a whole sweep under
+                          each local launcher; writes reports/bench/
+
 exit status: 0 done (a diverged run is a result), 2 invalid input, 1 unexpected error
 """
 
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     commands = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report,
-                "data": cmd_data}
+                "data": cmd_data, "bench": cmd_bench}
     if command not in commands:
         return error(f"command={command}: one of {', '.join(commands)} (see --help)")
     return commands[command](rest)
@@ -217,3 +222,18 @@ def cmd_data(args: list[str]) -> int:
     from seqbench.data.datacli import main as data_main
 
     return data_main(args)
+
+
+def cmd_bench(args: list[str]) -> int:
+    """`bench` times the step path; `bench report` times the report at scale."""
+    if args[:1] == ["report"]:
+        from seqbench.bench.report_scale import main_report
+
+        return main_report(args[1:])
+    if args[:1] == ["sweep"]:
+        from seqbench.bench.sweep_speed import main_sweep
+
+        return main_sweep(args[1:])
+    from seqbench.bench.step import main as bench_main
+
+    return bench_main(args)

@@ -99,6 +99,9 @@ class RunState:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, task=None):
+        # wall-clock instants (Unix time) for the sweep benchmark's per-job overhead
+        self.times: dict[str, float | None] = {"created_at": time.time(),
+                                               "first_step_at": None, "ended_at": None}
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # plain Python values: an OmegaConf attribute read costs ~20-40 us, several a step
@@ -328,6 +331,7 @@ class Trainer:
         try:
             with progress:
                 self.model.train()
+                self.times["first_step_at"] = time.time()
                 for step in range(self.start_step, max_steps + 1):
                     if self.loop_step(step, max_steps):
                         break
@@ -528,6 +532,8 @@ class Trainer:
         # a stateful clipper (e.g. a calibrated threshold) reports its state once, at the end
         ended = st.status != "running"
         clip_info = self.clip.summary() if ended and hasattr(self.clip, "summary") else None
+        if ended:
+            self.times["ended_at"] = time.time()
         summary = {
             "schema_version": SCHEMA_VERSION,
             "status": st.status,
@@ -553,6 +559,8 @@ class Trainer:
             "skipped_steps": st.skipped_steps,
             "wall_seconds": self.elapsed(),
             "train_seconds": train_s,
+            # this process's own instants: created, first step, summary of the end
+            "timing": dict(self.times),
             "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
             "clip": clip_info,
             "resumed_from": self.resumed_from,

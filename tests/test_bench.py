@@ -69,3 +69,20 @@ def test_bad_arguments_are_one_line(argv, capsys):
     assert main([*argv, "--no-write"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seqbench: error: --")
+
+
+def _run(created, first, ended, threads=1, status="completed"):
+    return {"timing": {"created_at": created, "first_step_at": first, "ended_at": ended},
+            "status": status, "config": {"trainer.threads": threads}, "wall_seconds": 0}
+
+
+def test_sweep_overhead_is_the_gap_between_consecutive_runs():
+    from seqbench.bench.sweep_speed import job_overhead
+
+    runs = [_run(100.0, 100.5, 110.0), _run(110.2, 111.0, 120.0),  # gap 1.0
+            _run(120.1, 123.0, 130.0)]                            # gap 3.0
+    o = job_overhead(list(reversed(runs)), started=90.0)  # order on disk does not matter
+    assert o["median_s"] == pytest.approx(2.0) and o["max_s"] == pytest.approx(3.0)
+    assert o["first_job_s"] == pytest.approx(10.5)
+    assert o["trainer_setup_median_s"] == pytest.approx(0.8)
+    assert o["met"] is True  # a median of 2.0 s meets "<= 2 s"
