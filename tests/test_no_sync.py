@@ -58,3 +58,20 @@ def test_the_check_catches_a_host_read(tiny_cfg, tmp_path, host_reads):
     trainer = Trainer(tiny_cfg("trainer.on_nonfinite=skip"), tmp_path)
     trainer.step()
     assert any(r.startswith("__bool__") for r in host_reads)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("clip", ["none", "value", "norm", "autoclip", "zclip", "agc"])
+def test_cuda_steps_between_flushes_make_no_sync(tiny_cfg, tmp_path, clip):
+    """On CUDA, torch itself reports any synchronising call: mode "error" raises."""
+    cfg = tiny_cfg(f"clip={clip}", "trainer.device=cuda", "trainer.param_log_every=2")
+    trainer = Trainer(cfg, tmp_path)
+    trainer.step()  # warm-up: lazy CUDA initialisation is not a per-step cost
+    trainer.flush(1)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(cfg.trainer.log_every):
+            trainer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.flush(2)
