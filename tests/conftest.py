@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from seqbench.config import compose
 
@@ -23,3 +24,12 @@ def tiny_cfg():
         return compose([*TINY, *overrides])
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_flush_denormal_leak():
+    """A Trainer on CPU turns on flush-to-zero for the whole process (trainer.
+    flush_denormal); later tests in the same process (hypothesis's float strategies)
+    must not inherit it."""
+    yield
+    torch.set_flush_denormal(False)

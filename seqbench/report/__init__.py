@@ -9,6 +9,7 @@ without retraining. :func:`make_report` runs the whole chain.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from seqbench.report.render import write_documents
 from seqbench.report.stats import cell_index, cells, largest_stable_lr, threshold
 
 __all__ = [
+    "PHASES",
     "CollectResult",
     "FigureResult",
     "ReportInputError",
@@ -71,27 +73,44 @@ class ReportResult:
         return [*self.paths.values(), *self.figures.values()]
 
 
+#: The phases :func:`make_report` times (``timings`` keys), in order.
+PHASES: tuple[str, ...] = ("collect", "stats", "figures", "render")
+
+
 def make_report(
-    runs_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, title: str | None = None
+    runs_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> ReportResult:
     """Collect ``runs_dir``, aggregate, draw and write the report into ``out_dir``.
 
     Raises :class:`ReportInputError` when ``runs_dir`` does not exist or holds no run
     directory. Corrupt and incomplete runs are reported, not fatal; a figure that
     cannot be drawn from the data is replaced by a note.
+
+    ``timings``, if given, is filled with the wall seconds of each phase (:data:`PHASES`)
+    and their ``total``: the scale benchmark (``seqbench.bench.report_scale``) reads
+    them, so a slow phase is named instead of guessed.
     """
+    clock = _Clock(timings)
     collected = collect_runs(runs_dir)
+    clock.lap("collect")
     runs = collected.runs.copy()
     if not runs.empty:
         runs["threshold"] = threshold(runs)
         runs["cell"] = cell_index(runs)
     cells_df = cells(collected.runs)
     stable_df = largest_stable_lr(cells_df)
+    clock.lap("stats")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(collected.runs, cells_df, stable_df, collected.runs_dir, out / "figures")
+    clock.lap("figures")
     name = title or f"seqbench report: {Path(runs_dir).resolve().name}"
     paths = write_documents(collected, runs, cells_df, stable_df, figs, out, title=name)
+    clock.lap("render")
     status = collected.runs["status"].astype(object) if not collected.runs.empty else None
     return ReportResult(
         out_dir=out,
@@ -107,3 +126,19 @@ def make_report(
         n_damaged=len(collected.damaged),
         n_cells=int((cells_df["n"] > 0).sum()) if not cells_df.empty else 0,
     )
+
+
+class _Clock:
+    """Lap timer writing into an optional dict; a no-op when there is none."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.into is None:
+            return
+        now = time.perf_counter()
+        self.into[phase] = now - self.last
+        self.into["total"] = now - self.start
+        self.last = now

@@ -77,12 +77,33 @@ def cells_note(metric: MetricInfo = BPC, success: bool = False) -> str:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a temp file and a rename. Text is UTF-8; a run directory whose name is
+    not valid UTF-8 (its undecodable bytes arrive as surrogate escapes) is written with
+    backslash escapes rather than failing the report."""
     tmp = path.with_name(path.name + ".tmp")
     if isinstance(data, bytes):
         tmp.write_bytes(data)
     else:
-        tmp.write_text(data, encoding="utf-8")
+        tmp.write_text(data, encoding="utf-8", errors="backslashreplace")
     os.replace(tmp, path)
+
+
+def printable(text: object) -> str:
+    """``text`` on one printable line: newlines, other control characters and
+    undecodable bytes in run-directory names or messages are shown as escapes."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def md_code(text: object) -> str:
+    """``text`` as a Markdown code span, whatever backticks it holds."""
+    t = printable(text)
+    run = longest = 0
+    for ch in t:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if t.startswith("`") or t.endswith("`") else ""
+    return f"{fence}{pad}{t}{pad}{fence}"
 
 
 def _key(rec: dict, cols: Sequence[str]) -> tuple:
@@ -562,7 +583,7 @@ def _md_table(df: pd.DataFrame) -> str:
         return "_(none)_\n"
 
     def esc(x: object) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
+        return printable(str(x).replace("\n", " ")).replace("|", "\\|")
 
     head = "| " + " | ".join(esc(c) for c in df.columns) + " |"
     align = "|" + "|".join("---:" if c in _NUMERIC_HEADERS else "---" for c in df.columns) + "|"
@@ -720,19 +741,19 @@ def render_markdown(
     figures: Sequence[FigureResult],
     title: str,
 ) -> str:
-    lines = [f"# {title}", "", f"Runs directory: `{collected.runs_dir}`", ""]
+    lines = [f"# {printable(title)}", "", f"Runs directory: {md_code(collected.runs_dir)}", ""]
     lines += [f"- {s}" for s in headline(collected, cells_df, stable_df)]
     for sec in sections(collected, cells_df, stable_df, figures):
         lines += _md_section(sec)
     inc, cor = _problem_items(collected)
     lines += ["## Incomplete run directories", ""]
-    lines += [f"- `{d}` — {s}" for d, s in inc] or ["None."]
+    lines += [f"- {md_code(d)} — {printable(s)}" for d, s in inc] or ["None."]
     lines += ["", "## Corrupt run directories", ""]
-    lines += [f"- `{d}` — {s}" for d, s in cor] or ["None."]
+    lines += [f"- {md_code(d)} — {printable(s)}" for d, s in cor] or ["None."]
     damaged = _damaged_items(collected)
     if damaged:
         lines += ["", f"## {DAMAGED_HEADING}", "", DAMAGED_NOTE, ""]
-        lines += [f"- `{d}` — {s}" for d, s in damaged]
+        lines += [f"- {md_code(d)} — {printable(s)}" for d, s in damaged]
     return "\n".join(lines) + "\n"
 
 
@@ -781,13 +802,17 @@ def render_html(
     title: str,
 ) -> str:
     e = html.escape
+
+    def p(text: object) -> str:  # run-directory names and messages: one printable line
+        return html.escape(printable(text))
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f'<p class="meta">Runs directory: <code>{e(str(collected.runs_dir))}</code></p>',
+        f'<p class="meta">Runs directory: <code>{p(collected.runs_dir)}</code></p>',
         '<ul class="summary">'
         + "".join(f"<li>{e(s)}</li>" for s in headline(collected, cells_df, stable_df))
         + "</ul>",
@@ -797,13 +822,13 @@ def render_html(
     inc, cor = _problem_items(collected)
     parts.append("<h2>Incomplete run directories</h2>")
     parts.append(
-        "<ul>" + "".join(f"<li><code>{e(d)}</code> — {e(s)}</li>" for d, s in inc) + "</ul>"
+        "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in inc) + "</ul>"
         if inc
         else "<p>None.</p>"
     )
     parts.append("<h2>Corrupt run directories</h2>")
     parts.append(
-        "<ul>" + "".join(f"<li><code>{e(d)}</code> — {e(s)}</li>" for d, s in cor) + "</ul>"
+        "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in cor) + "</ul>"
         if cor
         else "<p>None.</p>"
     )
@@ -812,7 +837,7 @@ def render_html(
         parts.append(f"<h2>{e(DAMAGED_HEADING)}</h2>")
         parts.append(f"<p>{e(DAMAGED_NOTE)}</p>")
         parts.append(
-            "<ul>" + "".join(f"<li><code>{e(d)}</code> — {e(s)}</li>" for d, s in damaged)
+            "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in damaged)
             + "</ul>"
         )
     parts.append("</body></html>")

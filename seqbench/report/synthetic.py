@@ -274,6 +274,7 @@ def write_synthetic_sweep(
     task: str = "synthetic-chars",
     legacy: bool = False,
     param_every: int = 0,
+    max_runs: int | None = None,
 ) -> SyntheticSweep:
     """Write a synthetic sweep under ``root`` and return what was written.
 
@@ -283,6 +284,8 @@ def write_synthetic_sweep(
     diverge, 1000 makes none diverge), for degenerate-input tests. ``task`` is a key of
     :data:`SYNTHETIC_TASKS`; ``legacy`` (text task only) writes the older summary format.
     ``param_every`` > 0 writes param_metrics.parquet every that many steps (0: none).
+    ``max_runs`` keeps only the first that many runs of the grid (seeds vary fastest, so
+    the last configurations lose seeds): a benchmark can ask for exactly 1,000 runs.
     """
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"task {task!r} is not one of {sorted(SYNTHETIC_TASKS)}")
@@ -301,6 +304,10 @@ def write_synthetic_sweep(
     grid = [
         (o, lr, m, t, s) for o in optimizers for lr in lr_map[o] for (m, t) in clips for s in seeds
     ]
+    if max_runs is not None:
+        if max_runs < 0:
+            raise ValueError(f"max_runs must be >= 0, got {max_runs}")
+        grid = grid[:max_runs]
     n_runs, T = len(grid), int(steps)
     rng = np.random.default_rng(seed)
     opt = np.array([g[0] for g in grid], dtype=object)
