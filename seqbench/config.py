@@ -5,12 +5,16 @@ extends a dataclass schema stored here (`/schema/<group>/<name>` in the ConfigSt
 Value ranges are declared on the schema fields (`seqbench.checks`) and enforced by
 `validate`, which reports every bad value, not only the first. Data-dependent limits
 (a `seq_len` longer than a split allows, a missing file) are checked by building the
-task, so nothing is launched with a config that would fail a minute later.
+task, and sizes by building the model on the meta device (shapes, no memory), so nothing
+is launched with a config that would fail a minute later. Interpolations (`${oc.env:X}`)
+are resolved before any rule is checked: one that does not resolve is a bad value too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,8 @@ class TrainerConfig:
     # micro-batches per optimizer step: task.batch_size streams are split into this many
     accum_steps: int = at_least(1, 1)
     # per-step numbers stay on the device and are read once every log_every steps
-    log_every: int = at_least(25, 1)
+    # (a buffer of log_every rows lives on the device: bounded so that it always fits)
+    log_every: int = rule(25, "must be in [1, 1000000]", lambda v: 1 <= v <= 1_000_000)
     eval_every: int = at_least(200, 0)  # 0: evaluate only at the end
     eval_batches: int = at_least(0, 0)  # validation windows per evaluation; 0: whole split
     # every N steps, per-parameter gradient/weight norms to param_metrics.parquet; 0: off
@@ -45,7 +50,9 @@ class TrainerConfig:
     # a finite loss above explode_factor x the first step's loss ends the run; null: never
     explode_factor: float | None = optional_above(10.0, 1.0)
     deterministic: bool = False
-    threads: int = at_least(0, 0)  # torch intra-op threads; 0: torch's default
+    # torch intra-op threads; 0: torch's default. More than any CPU has cores is a typo:
+    # torch raises above 2**31 and crashed with a segfault at 65536 (measured)
+    threads: int = rule(0, "must be in [0, 1024]", lambda v: 0 <= v <= 1024)
     # parameter-name patterns (fnmatch globs, e.g. "embed.*") whose parameters are frozen:
     # no gradient, not in the optimizer, in no gradient norm
     freeze: list[str] = rule([], "a list of parameter-name patterns",
@@ -107,36 +114,175 @@ def conf_dir() -> Path:
     raise FileNotFoundError("seqbench's conf/ directory is missing from this installation")
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
-    """The job config exactly as `python -m seqbench train OVERRIDES` would see it."""
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train",
+            with_hydra: bool = False) -> DictConfig:
+    """The job config exactly as `python -m seqbench train OVERRIDES` would see it
+    (`with_hydra`: and Hydra's own settings under `hydra`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+        return hydra_compose(config_name, overrides=list(overrides),
+                             return_hydra_config=with_hydra)
 
 
-def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
-    """Raise ConfigErrors listing every invalid value of a composed config."""
+def group_options(group: str) -> list[str]:
+    """The options of a config group (`optim`, `hydra/launcher`); empty for a plain key."""
+    return list(_group_options(group))
+
+
+@functools.cache  # the files of conf/ and the installed plugins do not change while we run
+def _group_options(group: str) -> tuple[str, ...]:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return tuple(sorted(GlobalHydra.instance().config_loader().get_group_options(group)))
+
+
+def validate(cfg: DictConfig, *, check_data: bool = True, tasks: dict | None = None) -> None:
+    """Raise ConfigErrors listing every invalid value of a composed config.
+
+    `check_data` builds the task (data-dependent limits) and the model on the meta device
+    (freeze patterns, size); `tasks` caches built tasks by task config across calls, so a
+    sweep builds each distinct task once and still checks every job's model.
+    """
+    errors = _resolution_errors(cfg)  # every later check reads resolved values
+    if errors:
+        raise ConfigErrors(errors)
     errors = list(_field_errors(cfg, ""))
     for group in GROUPS:
         errors += _field_errors(cfg[group], group + ".")
+    errors += _selector_errors(cfg)
     errors += _cross_errors(cfg)
     if errors:
         raise ConfigErrors(errors)
     if check_data:
-        from seqbench.data.tasks import build_task
-
         try:
-            task = build_task(cfg.task)
+            key = OmegaConf.to_yaml(cfg.task, resolve=True)
+            task = tasks.get(key) if tasks is not None else None
+            if task is None:
+                task = _build_task(cfg.task)
+                if tasks is not None:
+                    tasks[key] = task
+            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+                model = _build_model(task, cfg.model)
             if cfg.trainer.freeze:
-                with torch.device("meta"):  # names only: no memory, no initialisation cost
-                    names = [n for n, _ in task.build_model(cfg.model).named_parameters()]
-                frozen_names(names, list(cfg.trainer.freeze))
+                frozen_names([n for n, _ in model.named_parameters()], list(cfg.trainer.freeze))
+            _check_model_fits(cfg, model)
         except ConfigError as e:
             raise ConfigErrors([e]) from None
+
+
+def _build_task(task_cfg: DictConfig):
+    """The task; a size that cannot be allocated is the config's fault, not a bug."""
+    from seqbench.data.tasks import build_task
+
+    try:
+        return build_task(task_cfg)
+    except (MemoryError, OverflowError) as e:
+        raise ConfigError("task", task_cfg.name, "cannot be built with these sizes "
+                          f"({type(e).__name__}: {_first_line(e)})") from None
+    except OSError as e:  # a file the task reads: a name too long, a device, no permission
+        key, value = ("task.path", task_cfg.path) if "path" in task_cfg else ("task",
+                                                                              task_cfg.name)
+        raise ConfigError(key, value, f"cannot be read ({e.strerror or type(e).__name__})"
+                          ) from None
+
+
+def _build_model(task, model_cfg: DictConfig):
+    try:
+        return task.build_model(model_cfg)
+    except ConfigError:
+        raise
+    except (MemoryError, OverflowError, RuntimeError, ValueError) as e:  # shapes on meta
+        key, value = _largest_size(model_cfg)
+        raise ConfigError(key, value, "too large: the model cannot be built "
+                          f"({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _check_model_fits(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Weights and gradients (4 bytes each per parameter; optimizer state comes on top)
+    must fit in the memory of the device the run will use, or the run dies at its start."""
+    n = sum(p.numel() for p in model.parameters())
+    device = cfg.trainer.device
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        where, have = "the GPU", torch.cuda.get_device_properties(0).total_memory
+    else:
+        where, have = "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 8 * n > have:
+        key, value = _largest_size(cfg.model)
+        raise ConfigError(key, value, f"too large: {n:,} parameters need {8 * n / 2**30:,.0f} "
+                                      f"GiB for weights and gradients; {where} has "
+                                      f"{have / 2**30:,.0f} GiB")
+
+
+def _largest_size(model_cfg: DictConfig) -> tuple[str, Any]:
+    """The model key with the largest integer value: the likely cause of a size error."""
+    best = ("model", None, -1)
+    for k, v in OmegaConf.to_container(model_cfg).items():
+        ints = [x for x in (v if isinstance(v, list) else [v])
+                if isinstance(x, int) and not isinstance(x, bool)]
+        if ints and max(ints) > best[2]:
+            best = (f"model.{k}", v, max(ints))
+    return best[0], best[1]
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _resolution_errors(cfg: DictConfig) -> list[ConfigError]:
+    """An interpolation that does not resolve (`${oc.env:UNSET}`, `${nokey}`, a string
+    where a number belongs), named by its key and its text as given."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raw = _raw_value(cfg, key)
+        msg = _first_line(e)
+        if "could not be converted" in msg or "Non optional" in msg:
+            got = re.search(r"Value '(.*?)' of type", msg)
+            rule = _type_rule(e) + (f" (it resolves to {got.group(1)!r})" if got else "")
+        else:
+            rule = "cannot be resolved: " + re.sub(r"^\w+ raised while resolving "
+                                                  r"interpolation: ", "", msg)
+        return [ConfigError(key, raw, rule)]
+    return []
+
+
+def _raw_value(cfg: DictConfig, key: str) -> Any:
+    """The value at a dotted key (`trainer.freeze[0]`) before interpolation."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in re.findall(r"[^.\[\]]+", key):
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return "?"
+    return node
+
+
+def _selector_errors(cfg: DictConfig) -> list[ConfigError]:
+    """`task.name`, `optim.name` and `clip.method` pick the code that builds the group.
+    Each must name an entry whose schema is the one the group option composed; otherwise
+    the builder of one entry would get the settings of another (GROUP=OPTION switches)."""
+    out = []
+    for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP)):
+        node, field_name = cfg[group], registry.key.split(".", 1)[1]
+        schema = OmegaConf.get_type(node)
+        fits = [e.name for e in registry.entries() if e.schema is schema]
+        value = node.get(field_name)
+        if fits and value not in fits:
+            out.append(ConfigError(registry.key, value,
+                                   f"one of {', '.join(fits)} with these {group} settings "
+                                   f"(another {group}: {group}=OPTION)"))
+    return out
 
 
 def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
@@ -165,13 +311,17 @@ def _field_errors(node: DictConfig, prefix: str) -> list[ConfigError]:
             out.append(ConfigError(prefix + str(key), node[key],
                                    "unknown key; known keys here: " + ", ".join(known)))
     for f in dataclasses.fields(schema):
+        value = node[f.name]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if not _fits_int64(value):  # torch and numpy hold sizes, steps and seeds in int64
+            out.append(ConfigError(prefix + f.name, value,
+                                   "integers must be in [-2**63, 2**63 - 1]"))
+            continue
         rule = f.metadata.get("check")
         if rule is None:
             continue
         text, ok = rule
-        value = node[f.name]
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
         try:
             good = ok(value)
         except TypeError:
@@ -179,6 +329,14 @@ def _field_errors(node: DictConfig, prefix: str) -> list[ConfigError]:
         if not good:
             out.append(ConfigError(prefix + f.name, value, text))
     return out
+
+
+def _fits_int64(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_fits_int64(v) for v in value)
+    if isinstance(value, dict):
+        return all(_fits_int64(v) for v in value.values())
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
 
 
 def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
@@ -200,6 +358,8 @@ def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
     if cfg.model.get("forget_bias") is not None and cfg.model.get("cell") != "lstm":
         out.append(ConfigError("model.forget_bias", cfg.model.forget_bias,
                                "only for model.cell=lstm (use null otherwise)"))
+    if cfg.optim.get("nesterov") and not cfg.optim.get("momentum"):  # torch.optim.SGD's rule
+        out.append(ConfigError("optim.nesterov", True, "needs optim.momentum > 0"))
     clip = cfg.clip
     if clip.get("error_if_nonfinite") and t.on_nonfinite == "skip":
         out.append(ConfigError("clip.error_if_nonfinite", True,
@@ -219,8 +379,8 @@ def _model_family_errors(cfg: DictConfig) -> list[ConfigError]:
     """A task builds one family of model (char_rnn unless its registration says)."""
     try:
         needs = TASKS.get(cfg.task.name).meta.get("model", "char_rnn")
-    except ConfigError as e:
-        return [e]
+    except ConfigError:
+        return []  # an unknown task.name is reported by _selector_errors
     schema = OmegaConf.get_type(cfg.model)
     has = next((e.name for e in MODEL_SCHEMAS.entries() if e.schema is schema), None)
     if has is None or has == needs:
@@ -273,7 +433,20 @@ def explain_hydra_error(exc: BaseException, overrides: list[str]) -> str | None:
             return str(ConfigError(key, given.get(key, "?"), "unknown key" + _known_keys(cause)))
         if isinstance(cause, ValidationError) and key:
             return str(ConfigError(key, given.get(key, "?"), _type_rule(cause)))
-        return str(exc).splitlines()[0]
+        m = re.match(r"Ambiguous value for argument '([^=]*)=(.*)'$", _first_line(exc))
+        if m:
+            return str(ConfigError(m.group(1), m.group(2), "one value; to sweep values use "
+                                   "python -m seqbench sweep, for a list write [a,b], for "
+                                   "text quote it: 'a,b'"))
+        m = re.match(r"Could not append to config. An item is already at '(.*)'", str(exc))
+        if m:
+            key = m.group(1)
+            return str(ConfigError(key, given.get(key, "?"), f"already set; use "
+                                   f"{key}={given.get(key, 'VALUE')} (without +)"))
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        if lines[0].endswith(":") and len(lines) > 1:  # "... raised while composing config:"
+            return f"{lines[0]} {lines[1].strip()}"
+        return lines[0]
     return None
 
 

@@ -135,13 +135,19 @@ def _ordered(axes: Mapping[str, list[str]]) -> list[str]:
 
 
 def job_name(overrides: Sequence[str]) -> str:
-    """A readable, filesystem-safe directory name: `optim=sgd,optim.lr=0.5,seed=0`."""
+    """A readable, filesystem-safe directory name: `optim=sgd,optim.lr=0.5,seed=0`.
+
+    One path component of at most MAX_NAME ASCII characters. Characters outside
+    [A-Za-z0-9._=,+-] (a `/`, `..`, a NUL, spaces, non-ASCII) become `_`; a name that was
+    changed so, or shortened, ends in a hash of the full text, so that two jobs never share
+    a directory (`task.path=a/b` and `task.path=a_b` would otherwise both be `...a_b`).
+    """
     text = ",".join(overrides) or "default"
     name = _SAFE.sub("_", text).lstrip(".-") or "job"
-    if len(name) > MAX_NAME:
+    if name != text or len(name) > MAX_NAME:
         import hashlib
 
-        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         name = name[: MAX_NAME - 11] + "-" + digest
     return name
 

@@ -1,7 +1,16 @@
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from seqbench.config import compose
+
+# The same examples on every run, so CI cannot fail by chance; explore more with
+# HYPOTHESIS_PROFILE=explore (random examples, ten times as many).
+settings.register_profile("seqbench", derandomize=True, deadline=None)
+settings.register_profile("explore", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "seqbench"))
 
 # A model small enough that a test run takes a fraction of a second on one core.
 TINY = [

@@ -65,7 +65,10 @@ class SeqbenchSweeper(Sweeper):
 
     # ---- planning -------------------------------------------------------------------
     def _launcher_kind(self) -> str:
-        return type(self.launcher).__name__.lower()
+        # the class and its module: hydra-submitit-launcher's classes are SlurmLauncher and
+        # LocalLauncher, only their module says "submitit"
+        cls = type(self.launcher)
+        return f"{cls.__module__}.{cls.__name__}".lower()
 
     def _extra_overrides(self, cli: dict) -> list[str]:
         """Split the CPU between parallel local jobs (joblib): threads = cores / n_jobs."""
@@ -89,16 +92,14 @@ class SeqbenchSweeper(Sweeper):
         extra = self._extra_overrides(cli)
         loader = self.hydra_context.config_loader
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        todo, done, errors, seen, data_checked = [], [], [], {}, {}
+        todo, done, errors, seen, tasks = [], [], [], {}, {}
         for job in jobs:
             overrides = [*job.overrides, *extra]
             try:
                 cfg = loader.load_sweep_config(self.config, overrides)
                 with open_dict(cfg):
                     del cfg["hydra"]
-                task_key = OmegaConf.to_yaml(cfg.task)
-                validate(cfg, check_data=task_key not in data_checked)
-                data_checked[task_key] = True
+                validate(cfg, tasks=tasks)  # each distinct task is built once
             except ConfigErrors as e:
                 errors += [(job.name, str(x)) for x in e.errors]
                 continue
@@ -128,8 +129,10 @@ class SeqbenchSweeper(Sweeper):
         t0 = time.perf_counter()
         todo, done, errors = self.plan(arguments)
         if errors:
-            for line in _group_errors(errors):
-                print(f"seqbench: error: {line}", file=sys.stderr)
+            from seqbench.cli import one_line
+
+            for line in _group_errors(errors):  # a value's newline must not split a line
+                print(f"seqbench: error: {one_line(line)}", file=sys.stderr)
             n_jobs = len({job for job, _ in errors})
             print(f"seqbench: error: {n_jobs} invalid job(s); nothing was launched",
                   file=sys.stderr)
@@ -151,7 +154,7 @@ class SeqbenchSweeper(Sweeper):
             for start in range(0, len(todo), batch):
                 chunk = todo[start:start + batch]
                 overrides = [[*j.overrides, f"hydra.sweep.subdir='{j.name}'"] for j in chunk]
-                results = self.launcher.launch(overrides, initial_job_idx=start)
+                results = self._launch(overrides, start)
                 returns.append(results)
                 for job, ret in zip(chunk, results):
                     self._count(outcome, sweep_dir / job.name, job, ret)
@@ -163,6 +166,13 @@ class SeqbenchSweeper(Sweeper):
         if self.report:
             self._report(sweep_dir, outcome)
         return returns
+
+    def _launch(self, overrides, start):
+        if "submitit" in self._launcher_kind():  # one job's failure must not end the rest
+            from hydra_plugins.seqbench_sweeper.submitit_jobs import launch_all
+
+            return launch_all(self.launcher, overrides, start)
+        return self.launcher.launch(overrides, initial_job_idx=start)
 
     def _default_batch(self, n: int) -> int:
         kind = self._launcher_kind()
