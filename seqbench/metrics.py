@@ -8,6 +8,7 @@ so a reader never sees half a file and a killed run loses at most one flush inte
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -15,7 +16,6 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -83,24 +83,23 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     machine crash; the per-flush writes of a running run skip that (a few ms each, 5% of
     a small CPU step) because the run's final write and its checkpoints are durable."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a name unique to this process and call; created with mode 0666 so the umask
+    # applies as for any new file (mkstemp's 0600 would need a chmod and a umask read)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_TMP_COUNTER = itertools.count()
 
 
 def json_safe(obj: Any) -> Any:
@@ -185,8 +184,12 @@ class MetricsFile:
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         sink = pa.BufferOutputStream()
         # dictionary encoding only for text columns: on float columns it made each
-        # rewrite of a 10,000-row file 5x slower (13 ms vs 2.4 ms) and the file larger
-        pq.write_table(table, sink, compression="zstd", use_dictionary=self.text_columns)
+        # rewrite of a 10,000-row file 5x slower (13 ms vs 2.4 ms) and the file larger.
+        # While the run trains: snappy without column statistics (0.29 ms vs 0.96 ms for
+        # 700 rows, files ~10% larger); the final, durable write is zstd.
+        fast = {} if durable else {"compression": "snappy", "write_statistics": False}
+        pq.write_table(table, sink, **{"compression": "zstd", **fast},
+                       use_dictionary=self.text_columns)
         atomic_write_bytes(self.path, sink.getvalue().to_pybytes(), durable)
 
 

@@ -339,7 +339,7 @@ class Trainer:
                         progress.update(step, self.metrics, self.state)
                     if self.pending_signal is not None and step < max_steps:
                         # pre-emption or a time limit: save where we are, then stop
-                        if self.buffer.n and self.end_window(step):
+                        if self.buffer.n and self.end_window(step, max_steps):
                             break  # the partial window showed a divergence: a result
                         self.save_checkpoint(step)
                         stopped_by = self.pending_signal
@@ -460,7 +460,7 @@ class Trainer:
         every = self.t.eval_every
         if every and step % every == 0 and step != max_steps:
             self.evaluate(step)
-        return (self.buffer.full or step == max_steps) and self.end_window(step)
+        return (self.buffer.full or step == max_steps) and self.end_window(step, max_steps)
 
     def save_clip_state(self) -> None:
         """A stateful clipper's state (history, EMA, threshold) goes with the run."""
@@ -478,7 +478,7 @@ class Trainer:
         self.state.evals[step] = self.task.evaluate(self.model, self.t.eval_batches)
         self.eval_seconds += time.perf_counter() - t0
 
-    def end_window(self, step: int) -> bool:
+    def end_window(self, step: int, max_steps: int) -> bool:
         """Flush the buffered steps; True when the run must stop here (it diverged)."""
         st = self.state
         if self.flush(st.steps_completed + 1):
@@ -489,7 +489,7 @@ class Trainer:
                 )
             st.status = "diverged"
             return True
-        if step == int(self.t.max_steps):  # the final evaluation
+        if step == max_steps:  # the final evaluation
             self.evaluate(step)
             if hasattr(self.task, "success"):  # e.g. error rate on fresh test sequences
                 t0 = time.perf_counter()

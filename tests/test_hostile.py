@@ -257,7 +257,7 @@ def test_check_config_returns_lines_or_a_config_that_builds(overrides):
 
 
 @pytest.mark.slow
-@settings(max_examples=600, deadline=None, derandomize=True, database=None,
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(overrides=hostile_overrides())
 def test_many_more_hostile_overrides(overrides, no_training, capsys, tmp_path, monkeypatch):

@@ -155,7 +155,7 @@ def test_joblib_gives_the_same_cells_as_the_basic_launcher(tmp_path):
     basic.mkdir()
     par.mkdir()
     det = "trainer.deterministic=true"
-    assert sweep(basic, det).returncode == 0
+    assert sweep(basic, det, launcher="basic").returncode == 0
     out = sweep(par, det, launcher="joblib")
     assert out.returncode == 0, out.stderr
     a = pd.read_csv(basic / "reports" / "demo" / "cells.csv")
@@ -169,11 +169,13 @@ def test_joblib_gives_the_same_cells_as_the_basic_launcher(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_through_submitit_local(tmp_path):
-    out = sweep(tmp_path, "hydra.launcher.timeout_min=10", launcher="submitit_local")
+    # one learning rate: 6 jobs (tests/slurm/ exercises submitit on a real cluster)
+    out = sweep(tmp_path, "hydra.launcher.timeout_min=10", "optim.lr=1",
+                launcher="submitit_local")
     assert out.returncode == 0, out.stdout + out.stderr
     statuses = [json.loads(p.read_text())["status"]
                 for p in (tmp_path / "runs" / "demo").glob("*/summary.json")]
-    assert len(statuses) == 12 and set(statuses) <= {"completed", "diverged"}
+    assert len(statuses) == 6 and set(statuses) <= {"completed", "diverged"}
     assert (tmp_path / "reports" / "demo" / "cells.csv").is_file()
 
 

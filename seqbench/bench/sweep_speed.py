@@ -34,9 +34,8 @@ TARGET_OVERHEAD_S = 2.0
 
 
 def run_sweep(preset: str, launcher: str, overrides: list[str], workdir: Path) -> dict:
-    cmd = [sys.executable, "-m", "seqbench", "sweep", preset, "--force", *overrides]
-    if launcher != "basic":
-        cmd.append(f"hydra/launcher={launcher}")
+    cmd = [sys.executable, "-m", "seqbench", "sweep", preset, "--force", *overrides,
+           f"hydra/launcher={launcher}"]
     t0 = time.time()
     out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
