@@ -422,17 +422,17 @@ def cmd_sweep(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    import argparse
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m seqbench report",
-                                     description="Write the report of a directory of runs.")
+    from seqbench.errors import ArgumentParser, parse_args
+
+    parser = ArgumentParser(prog="python -m seqbench report",
+                            description="Write the report of a directory of runs.")
     parser.add_argument("runs_dir", help="directory holding run directories (summary.json)")
     parser.add_argument("--out", help="output directory (default: reports/<name of RUNS_DIR>)")
-    try:
-        ns = parser.parse_args(args)
-    except SystemExit as e:
-        return 2 if e.code else 0
+    ns = parse_args(parser, args)
+    if isinstance(ns, int):
+        return ns
     from seqbench.report import ReportInputError, make_report
 
     runs = Path(ns.runs_dir)

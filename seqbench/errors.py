@@ -6,6 +6,8 @@ the CLI prints it as one line and exits with status 2, with no traceback.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
 
 
@@ -27,3 +29,28 @@ class ConfigErrors(ValueError):
     def __init__(self, errors: list[ConfigError]):
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors))
+
+
+class UsageError(ValueError):
+    """A command-line flag argparse rejected (unknown flag, missing or non-integer value)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for seqbench's subcommands: a usage error is raised as one `UsageError`
+    (the caller prints one line, exit 2) instead of argparse's usage block and exit."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str], prog: str = "seqbench"
+               ) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status to return: 0 after --help, 2 (with one
+    line on stderr) after a usage error."""
+    try:
+        return parser.parse_args(argv)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help printed
+        return int(e.code or 0)

@@ -158,3 +158,13 @@ def test_sigterm_leaves_an_interrupted_run_on_disk(tmp_path):
 
     assert len(pd.read_parquet(tmp_path / "run" / "metrics.parquet")) == \
         summary["steps_completed"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--bogus"], ["bench", "--steps", "x"], ["bench", "report", "--runs", "abc"],
+    ["bench", "sweep", "--launcher", "foo"], ["report"], ["data", "fetch"],
+])
+def test_flag_errors_of_every_subcommand_are_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": error: " in err[0] and "usage" not in err[0]

@@ -43,6 +43,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from seqbench.errors import ArgumentParser, ConfigError, parse_args
+
 #: The issue's targets: seconds for the whole report, and peak resident memory.
 TARGET_SECONDS = 30.0
 TARGET_RSS_MIB = 4096.0
@@ -430,7 +432,7 @@ def write_report_bench(result: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m seqbench bench report",
         description=(
             "Measure `seqbench report` at scale. Writes a synthetic sweep of N runs x "
@@ -463,11 +465,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main_report(argv: list[str]) -> int:
     """``python -m seqbench bench report [--runs N] [--steps M] [--out DIR] ...``; exit status."""
-    try:
-        ns = _parser().parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    from seqbench.errors import ConfigError
+    ns = parse_args(_parser(), argv)
+    if isinstance(ns, int):
+        return ns
 
     checks = (("--runs", ns.runs, 1), ("--steps", ns.steps, 1), ("--repeat", ns.repeat, 1),
               ("--cores", ns.cores, 0))

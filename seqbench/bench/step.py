@@ -37,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from seqbench.errors import ArgumentParser, parse_args
+
 # Model and data sizes. `demo` is the demo sweep's model (CPU); `default` is what
 # `python -m seqbench train` trains; the lstm512 sizes are the lstm_clipping preset's.
 SIZES: dict[str, tuple[str, ...]] = {
@@ -311,7 +313,7 @@ def table(entry: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m seqbench bench",
         description=(
             "Time seqbench's training step against a bare PyTorch loop on the same model, "
@@ -345,7 +347,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
+    if isinstance(args, int):
+        return args
     for name in ("steps", "repeats", "warmup"):
         if getattr(args, name) < 1:
             print(f"seqbench: error: --{name}={getattr(args, name)}: a positive integer",

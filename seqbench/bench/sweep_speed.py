@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from seqbench.errors import ArgumentParser, parse_args
+
 LAUNCHERS = ("basic", "joblib")
 TARGET_OVERHEAD_S = 2.0
 
@@ -106,7 +108,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m seqbench bench sweep",
         description="Run a preset's sweep from scratch under the basic launcher (one run "
                     "after another) and under joblib (runs side by side, torch threads "
@@ -123,7 +125,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main_sweep(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
+    if isinstance(args, int):
+        return args
     launchers = args.launcher or list(LAUNCHERS)
     doc: dict[str, Any] = {
         "preset": args.preset, "overrides": args.overrides, "launchers": {},

@@ -15,23 +15,12 @@ import argparse
 import sys
 
 from seqbench.data import corpora
-from seqbench.errors import ConfigError
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the caller prints it, exit 2)."""
-
-    def error(self, message: str):
-        raise _UsageError(message)
+from seqbench.errors import ArgumentParser, ConfigError, parse_args
 
 
 def _parser() -> argparse.ArgumentParser:
     names = ", ".join(corpora.CORPORA)
-    parser = _Parser(prog="python -m seqbench data",
+    parser = ArgumentParser(prog="python -m seqbench data",
                      description="Download, convert and check the text corpora "
                                  f"({names}). Cache: $SEQBENCH_DATA, default "
                                  "the user cache directory.")
@@ -47,12 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        ns = _parser().parse_args(argv)
-    except _UsageError as e:
-        return _error(str(e), 2)
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
+    ns = parse_args(_parser(), argv, "seqbench data")
+    if isinstance(ns, int):
+        return ns
     for name in getattr(ns, "names", []):
         if name not in corpora.CORPORA:
             return _error(str(ConfigError("corpus", name,
