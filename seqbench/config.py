@@ -28,6 +28,7 @@ from seqbench.checks import at_least, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
+from seqbench.experiment import NON_EXPERIMENT_KEYS  # noqa: F401 (re-exported)
 from seqbench.models import MODEL_SCHEMAS
 from seqbench.optim import OPTIM
 
@@ -82,10 +83,6 @@ class TrainConfig:
 
 GROUPS = ("task", "model", "optim", "clip", "trainer")
 
-# Config keys that change where or how a run executes, not what it measures: runs that
-# differ only in these are the same experiment (one report cell, one finished sweep job).
-NON_EXPERIMENT_KEYS = ("trainer.progress", "trainer.device", "trainer.threads",
-                       "trainer.log_every", "trainer.checkpoint_every", "trainer.resume")
 
 
 def register_schemas() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
+from seqbench.experiment import NON_EXPERIMENT_KEYS
 from seqbench.report.collect import DERIVED_COLUMNS, RUN_COLUMNS
 from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN, task_key_columns, with_metric
 
@@ -24,19 +25,8 @@ from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN, task_key_columns,
 Z95 = 1.959964
 
 #: Config keys that do not change what is measured (where it ran, how it printed), so
-#: runs that differ only in them belong to the same cell. The sweep's list is
-#: ``seqbench.config.NON_EXPERIMENT_KEYS``; it is repeated here because importing
-#: seqbench.config imports torch, which cost a report that never trains ~2 s to import
-#: and ~1 s at exit on the 2-core benchmark machine (reports/bench/report_scale.md).
-#: A test checks that the two lists are equal.
-NON_EXPERIMENT_PREFIXES: tuple[str, ...] = (
-    "trainer.progress",
-    "trainer.device",
-    "trainer.threads",
-    "trainer.log_every",
-    "trainer.checkpoint_every",
-    "trainer.resume",
-)
+#: runs that differ only in them belong to the same cell: the sweep's own list.
+NON_EXPERIMENT_PREFIXES: tuple[str, ...] = NON_EXPERIMENT_KEYS
 
 #: The columns of a cells table that are not config keys, in display order: the
 #: statistics, and the metric the quality columns are in (``metric``, ``metric_unit``,

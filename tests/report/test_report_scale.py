@@ -216,7 +216,7 @@ def test_make_report_fills_phase_timings(tmp_path):
 
 
 def test_non_experiment_keys_match_the_sweeps_list():
-    """stats repeats seqbench.config's list (to keep torch out of the report): same keys."""
+    """The report groups cells by the same keys the sweep and the trainer use."""
     from seqbench.config import NON_EXPERIMENT_KEYS
     from seqbench.report.stats import NON_EXPERIMENT_PREFIXES
 
