@@ -74,10 +74,15 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
+def write_tensors(path: Path, obj: dict[str, Any]) -> None:
+    """torch.save of `obj` (moved to the CPU), atomically and fsynced."""
     buf = io.BytesIO()
-    torch.save({"version": VERSION, **to_cpu(payload)}, buf)
+    torch.save(to_cpu(obj), buf)
     atomic_write_bytes(Path(path), buf.getvalue(), durable=True)
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    write_tensors(path, {"version": VERSION, **payload})
 
 
 class CheckpointError(Exception):

@@ -38,7 +38,6 @@ from seqbench.metrics import (
     MetricsFile,
     ParamLog,
     StepBuffer,
-    atomic_write_bytes,
     env_info,
     grad_norm_stats,
     write_json,
@@ -464,14 +463,8 @@ class Trainer:
 
     def save_clip_state(self) -> None:
         """A stateful clipper's state (history, EMA, threshold) goes with the run."""
-        if not hasattr(self.clip, "state_dict"):
-            return
-        import io
-
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v
-                    for k, v in self.clip.state_dict().items()}, buf)
-        atomic_write_bytes(self.run_dir / "clip_state.pt", buf.getvalue())
+        if hasattr(self.clip, "state_dict"):
+            ckpt.write_tensors(self.run_dir / "clip_state.pt", self.clip.state_dict())
 
     def evaluate(self, step: int) -> None:
         t0 = time.perf_counter()
