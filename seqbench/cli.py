@@ -19,15 +19,21 @@ usage: python -m seqbench <command> [args]
 Benchmark gradient clipping and optimizers for recurrent networks on long sequences.
 
 commands:
-  train [KEY=VALUE ...]   train one model; Hydra overrides select the task, model,
+  train [KEY=VALUE ...] [--force]
+                          train one model; Hydra overrides select the task, model,
                           optimizer, clipping method and trainer settings
-                          (python -m seqbench train --help lists them all)
+                          (python -m seqbench train --help lists them all). A
+                          hydra.run.dir holding a run of another experiment is
+                          refused (exit 2) unless --force replaces it
   sweep [PRESET] [KEY=VALUE ...] [--force] [--dry-run]
                           run a preset's grid of runs (default preset: demo) into
                           runs/PRESET/ and write reports/PRESET/; finished runs are
-                          skipped. Presets: conf/sweep/. KEY=a,b sweeps a key over
-                          values; hydra/launcher=joblib|submitit_local|slurm picks
-                          where the runs execute
+                          skipped. KEY=VALUE settings for every job key the sweep
+                          apart: runs/PRESET+KEY=VALUE/, reports/PRESET+KEY=VALUE/.
+                          A directory holding a run of another experiment is never
+                          overwritten (exit 2) unless --force. Presets: conf/sweep/.
+                          KEY=a,b sweeps a key over values; hydra/launcher=joblib|
+                          submitit_local|slurm picks where the runs execute
   report RUNS_DIR [--out DIR]
                           (re)write the report of a directory of runs
                           (default --out: reports/<name of RUNS_DIR>)
@@ -121,14 +127,18 @@ def _flags(args: list[str]) -> tuple[list[str], list[str], str | None]:
 
 
 def check_config(overrides: list[str], values: bool = True,
-                 dirs: tuple[str, ...] | None = None) -> list[str]:
+                 dirs: tuple[str, ...] | None = None, composed: dict | None = None
+                 ) -> list[str]:
     """Compose (and with `values`, validate); return the error lines, empty when good.
     `dirs`: the output directories to resolve (default: hydra.run.dir with `values`, else
-    hydra.sweep.dir).
+    hydra.sweep.dir). `composed`, when given and the config is good, receives the run's
+    flat config (`config`) and its resolved `hydra.run.dir` (`run_dir`).
 
     Hydra's own settings are checked too (`hydra_errors`): nothing given on the command
     line or in a config may make Hydra or logging import and call Python code.
     """
+    from omegaconf import OmegaConf
+
     from seqbench.config import compose, explain_hydra_error, validate
     from seqbench.errors import ConfigError, ConfigErrors
 
@@ -148,9 +158,14 @@ def check_config(overrides: list[str], values: bool = True,
             return problems
         if values:
             _set_hydra_config(cfg)  # so that ${hydra:...} in a value resolves as in the run
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir") if composed is not None else None
         cfg = _without_hydra(cfg)
         if values:
             validate(cfg)
+        if composed is not None:
+            from seqbench.config import flat
+
+            composed.update(config=flat(cfg), run_dir=run_dir)
     except ConfigErrors as e:
         return [one_line(x) for x in e.errors]
     except ConfigError as e:
@@ -342,6 +357,8 @@ def _leaves(node, prefix: str):
 
 
 def cmd_train(args: list[str]) -> int:
+    force = "--force" in args
+    args = [a for a in args if a != "--force"]
     flags, overrides, bad = _flags(args)
     if bad is not None:
         return error(bad)
@@ -353,7 +370,8 @@ def cmd_train(args: list[str]) -> int:
                 print(f"seqbench: error: {line}", file=sys.stderr)
             return 2
     else:
-        problems = check_config(overrides)
+        composed: dict = {}
+        problems = check_config(overrides, composed=composed)
         if problems:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for a traceback
                 from seqbench.config import compose, validate
@@ -362,6 +380,15 @@ def cmd_train(args: list[str]) -> int:
             for line in problems:
                 print(f"seqbench: error: {line}", file=sys.stderr)
             return 2
+        if not force and composed.get("run_dir") is not None:
+            from pathlib import Path
+
+            from seqbench.sweep import conflict
+
+            clash = conflict(Path(str(composed["run_dir"])), composed["config"])
+            if clash is not None:
+                return error(clash.line("choose another hydra.run.dir, or replace it with "
+                                        "--force"))
     from seqbench.app import train_app
 
     saved = sys.argv
@@ -407,7 +434,14 @@ def cmd_sweep(args: list[str]) -> int:
         for line in problems:
             print(f"seqbench: error: {line}", file=sys.stderr)
         return 2
-    base = [f"+sweep={preset}", f"hydra.sweeper.preset={preset}", f"hydra.sweep.dir=runs/{preset}"]
+    base = [f"+sweep={preset}", f"hydra.sweeper.preset={preset}"]
+    if not any(a.lstrip("+").startswith("hydra.sweep.dir=") for a in args):
+        # runs/<preset>, or runs/<preset>+<globals> when command-line values change every
+        # job's experiment: a second sweep with other settings never writes over the first
+        name = sw.sweep_dir_name(preset, args)
+        base.append(f"hydra.sweep.dir='runs/{name}'")
+        if name != preset:  # finished runs of the same experiments, from before the keying
+            base.append(f"hydra.sweeper.reuse_dir='runs/{preset}'")
     from seqbench.app import train_app
 
     saved = sys.argv

@@ -5,10 +5,16 @@ cartesian product, across grids the union, and jobs whose experiment config is t
 are launched once. This is what comparisons of clipping need: `clip=none` must not be
 crossed with thresholds, and SGD and Adam need different learning-rate ranges.
 
-Each job's directory name is derived from its own overrides only, so it is the same on
-every re-run and a finished job (terminal `summary.json` for the same config) is
-skipped. The Hydra sweeper plugin (`hydra_plugins/seqbench_sweeper`) drives this
-module, so every Hydra launcher (basic, joblib, submitit local or SLURM) can run it.
+Where runs go: a sweep's directory is keyed by the preset *and* the command-line values
+that change every job's experiment (`runs/demo/` for the preset as it is,
+`runs/demo+task=text_file,trainer.max_steps=150/` with those globals; `sweep_dir_name`).
+Within it, each job's directory name is derived from its own overrides only, so it is
+the same on every re-run and a finished job (terminal `summary.json` for the same config)
+is skipped. A directory that holds a run of *another* experiment (a changed preset file,
+a changed default) is never overwritten: the sweep refuses before launching anything
+(`conflict`), unless `--force` says to replace it. The Hydra sweeper plugin
+(`hydra_plugins/seqbench_sweeper`) drives this module, so every Hydra launcher (basic,
+joblib, submitit local or SLURM) can run it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from typing import Any
 from seqbench.config import NON_EXPERIMENT_KEYS
 
 TERMINAL = ("completed", "diverged")
+# statuses whose run directory holds results or resumable work: never replaced silently
+KEEP = (*TERMINAL, "interrupted", "running")
+SWEEP_FILE = "sweep.json"  # in a sweep directory: the preset and globals it was keyed by
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
@@ -190,3 +199,142 @@ def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def config_identity(flat_config: Mapping[str, Any]) -> str:
     return json.dumps(experiment_config(flat_config), sort_keys=True, default=str)
+
+
+# ---- where a sweep's runs go ------------------------------------------------------------
+
+def experiment_globals(arguments: Sequence[str]) -> list[str]:
+    """The command-line overrides that set one value for every job and can change what
+    a run measures: not swept (`k=a,b` becomes a job axis, named in the job directories),
+    not Hydra's own settings (`hydra.*`, `hydra/launcher=...`), not a non-experiment key
+    (threads, device, progress, ...). In the order job names use (groups first, seed last).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    picked: dict[str, str] = {}
+    for text in arguments:
+        try:
+            o = parser.parse_override(text)
+        except Exception:  # malformed: the sweep's own validation names it
+            continue
+        key = o.get_key_element().lstrip("+~")
+        if o.is_sweep_override() or key.startswith("hydra") or key in NON_EXPERIMENT_KEYS \
+                or key == "sweep":
+            continue
+        picked[o.get_key_element()] = text.lstrip("+")
+    return [picked[k] for k in _ordered(picked)]
+
+
+def sweep_dir_name(preset: str, arguments: Sequence[str]) -> str:
+    """`preset` alone, or `preset+<globals>` (`demo+seed=0,trainer.max_steps=20`).
+
+    Readable because people find runs by reading names; made safe (and given a hash of
+    the full text when characters were replaced or it was too long) like a job name.
+    """
+    found = experiment_globals(arguments)
+    if not found:
+        return preset
+    return job_name([f"{preset}+{found[0]}", *found[1:]])
+
+
+def write_sweep_file(sweep_dir: Path, preset: str, arguments: Sequence[str]) -> None:
+    """`sweep.json`: what the directory's name stands for, for people and for tools."""
+    info = {"preset": preset, "globals": experiment_globals(arguments),
+            "overrides": list(arguments)}
+    path = sweep_dir / SWEEP_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every experiment key where two configs differ,
+    with the tolerance of `same_experiment` for options one side does not have."""
+    a, b = experiment_config(old), experiment_config(new)
+    out = []
+    missing = object()
+    for k in sorted(a.keys() | b.keys()):
+        va, vb = a.get(k, missing), b.get(k, missing)
+        if va is missing or vb is missing:
+            present = vb if va is missing else va
+            if present in _OFF:
+                continue
+        elif va == vb:
+            continue
+        out.append((k, None if va is missing else va, None if vb is missing else vb))
+    return out
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A run directory holding a run of another experiment than the job meant for it."""
+
+    directory: Path
+    status: str
+    differ: list[tuple[str, Any, Any]]
+
+    def line(self, how: str) -> str:
+        shown = ", ".join(f"{k} is {_short(o)} there, {_short(n)} here"
+                          for k, o, n in self.differ[:3])
+        more = f" and {len(self.differ) - 3} more keys" if len(self.differ) > 3 else ""
+        return (f"{self.directory}: holds a {self.status} run of another experiment "
+                f"({shown}{more}); {how}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def conflict(job_dir: Path, flat_config: Mapping[str, Any]) -> Conflict | None:
+    """The run in `job_dir` when it is one to keep (finished, interrupted or running) and
+    of another experiment than `flat_config`; None when the directory is free or ours."""
+    summary = read_summary(job_dir)
+    if not isinstance(summary, dict) or summary.get("status") not in KEEP:
+        return None
+    config = summary.get("config")
+    if not isinstance(config, dict):
+        return None
+    differ = differences(config, flat_config)
+    return Conflict(job_dir, str(summary["status"]), differ) if differ else None
+
+
+def conflict_lines(conflicts: Sequence[Conflict], how: str, first: int = 5) -> list[str]:
+    """One line per conflict for the first few, then one line counting the rest."""
+    lines = [c.line(how) for c in conflicts[:first]]
+    if len(conflicts) > first:
+        lines.append(f"... and {len(conflicts) - first} more run directories of other "
+                     "experiments")
+    return lines
+
+
+def reuse(source_dir: Path, job_dir: Path, flat_config: Mapping[str, Any]) -> bool:
+    """Bring a finished run of this very experiment from `source_dir` into `job_dir`.
+
+    Runs written before sweep directories were keyed by their globals sit in
+    `runs/<preset>/<job>/`; a sweep with globals looks there before re-running a job. The
+    run is copied, never moved (the preset's own directory keeps its runs): the Parquet
+    files as hard links (they are only ever replaced by a rename, so a later run there
+    cannot change them), the rest as copies.
+    """
+    import os
+    import shutil
+
+    if job_dir.exists() or not finished(source_dir, flat_config):
+        return False
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if src.endswith(".parquet"):
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
+
+    tmp = job_dir.with_name(job_dir.name + ".reuse-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source_dir, tmp, copy_function=link_or_copy)
+    tmp.rename(job_dir)
+    return True

@@ -117,6 +117,16 @@ class Trainer:
                 self._build()  # fresh objects, seeded as a run that never stopped
         elif (self.run_dir / CHECKPOINT_FILE).exists():
             (self.run_dir / CHECKPOINT_FILE).unlink()  # resume=never: start over
+        if not self.resumed_from:
+            self._clear_previous_run()
+
+    # what a run writes into its directory: a fresh start removes an earlier run's, so
+    # a replaced run (--force) never leaves a file of another experiment beside this one's
+    RUN_FILES = ("summary.json", "metrics.parquet", "param_metrics.parquet", "clip_state.pt")
+
+    def _clear_previous_run(self) -> None:
+        for name in self.RUN_FILES:
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def _build(self) -> None:
         """Seed, data, model, optimizer, clipper and run state, as at step 0."""

@@ -127,7 +127,11 @@ def test_sweep_command_lines_exit_0_or_2_with_one_line_each(preset, overrides, s
     assert bool(no_sweeping) == (rc == 0), argv
     if rc == 0:  # what reaches Hydra: the preset is a real one, runs/ and reports/ its name
         assert preset in sw_presets()
-        assert f"hydra.sweep.dir=runs/{preset}" in no_sweeping[0]
+        from seqbench.sweep import sweep_dir_name
+
+        name = sweep_dir_name(preset, overrides)
+        assert name == preset or name.startswith(f"{preset}+")
+        assert f"hydra.sweep.dir='runs/{name}'" in no_sweeping[0]
 
 
 def sw_presets() -> list[str]:
@@ -146,6 +150,8 @@ def sweep_process(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 TINY_SWEEP = ["hydra.sweeper.grids=[{seed:0}]", "task=text_file", "trainer.max_steps=3",
               "task.seq_len=16", "task.batch_size=4", "model.hidden_size=8",
               "model.embed_dim=4", "trainer.eval_batches=2"]
+TINY_DIR = ("demo+task=text_file,task.batch_size=4,task.seq_len=16,model.embed_dim=4,"
+             "model.hidden_size=8,trainer.eval_batches=2,trainer.max_steps=3")
 
 
 @pytest.fixture
@@ -166,7 +172,7 @@ def test_a_dry_run_of_hostile_values_lists_safe_names_and_writes_nothing(books, 
     names = [line.strip() for line in out.stdout.splitlines() if line.startswith("  ")]
     assert len(names) == 2
     for name in names:
-        assert_safe_name(name, work / "runs" / "demo")
+        assert_safe_name(name, work / "runs" / TINY_DIR)
     assert not list(work.iterdir())
     assert not (tmp_path / "PWNED").exists()
 
@@ -180,12 +186,12 @@ def test_a_real_sweep_of_hostile_values_writes_only_inside_its_directories(books
     created = {p for p in tmp_path.rglob("*")} - before
     roots = {work / "runs", work / "reports"}
     assert created and all(any(p == r or r in p.parents for r in roots) for p in created)
-    runs = [p for p in (work / "runs" / "demo").iterdir() if p.is_dir()]
+    runs = [p for p in (work / "runs" / TINY_DIR).iterdir() if p.is_dir()]
     assert len(runs) == 2
     for run in runs:
-        assert_safe_name(run.name, work / "runs" / "demo")
+        assert_safe_name(run.name, work / "runs" / TINY_DIR)
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert (work / "reports" / "demo" / "report.html").is_file()
+    assert (work / "reports" / TINY_DIR / "report.html").is_file()
 
 
 @pytest.mark.parametrize("args", [["hydra.sweeper.preset=../../x"],

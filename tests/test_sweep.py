@@ -99,6 +99,12 @@ def sweep(tmp_path, *args, launcher=None):
                           timeout=600)
 
 
+def where(base: Path, *args: str, preset: str = "demo") -> tuple[Path, Path]:
+    """(runs, report) directories of `sweep PRESET *TINY_SWEEP *args` run in `base`."""
+    name = sw.sweep_dir_name(preset, [*TINY_SWEEP, *args] if preset == "demo" else args)
+    return base / "runs" / name, base / "reports" / name
+
+
 def mtimes(root: Path) -> dict[str, float]:
     return {p.parent.name: p.stat().st_mtime_ns for p in root.glob("*/summary.json")}
 
@@ -107,11 +113,10 @@ def mtimes(root: Path) -> dict[str, float]:
 def test_sweep_runs_skips_finished_jobs_and_reports(tmp_path):
     first = sweep(tmp_path)
     assert first.returncode == 0, first.stderr
-    runs = tmp_path / "runs" / "demo"
+    runs, report = where(tmp_path)
     n = len(list(runs.glob("*/summary.json")))
     assert n == 2 * 4 + 2 * 2  # lrs x (none, norm 0.25, norm 1, value) + lrs x adam clips
     assert f"{n} jobs: " in first.stdout and "0 error" in first.stdout
-    report = tmp_path / "reports" / "demo"
     for f in ("report.html", "report.md", "runs.csv", "cells.csv", "stable_lr.csv"):
         assert (report / f).is_file()
     assert len(pd.read_csv(report / "runs.csv")) == n
@@ -131,8 +136,7 @@ def test_an_invalid_job_stops_the_sweep_before_any_job_starts(tmp_path):
     assert out.returncode == 2
     assert "optim.lr=-3.0: must be > 0" in out.stderr and "nothing was launched" in out.stderr
     assert "Traceback" not in out.stderr
-    assert not (tmp_path / "runs" / "demo").exists() or not list(
-        (tmp_path / "runs" / "demo").glob("*/summary.json"))
+    assert not list((tmp_path / "runs").glob("*/*/summary.json"))
 
 
 @pytest.mark.slow
@@ -141,12 +145,13 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     out = sweep(tmp_path, "optim.lr=0.1,1e38", "trainer.on_nonfinite=raise",
                 "trainer.explode_factor=null")
     assert out.returncode == 1, out.stdout + out.stderr
-    summaries = [json.loads(p.read_text())
-                 for p in (tmp_path / "runs" / "demo").glob("*/summary.json")]
+    args = ("optim.lr=0.1,1e38", "trainer.on_nonfinite=raise", "trainer.explode_factor=null")
+    runs, report = where(tmp_path, *args)
+    summaries = [json.loads(p.read_text()) for p in runs.glob("*/summary.json")]
     statuses = [s["status"] for s in summaries]
     assert "error" in statuses and "completed" in statuses
     assert f"{statuses.count('error')} error" in out.stdout
-    assert (tmp_path / "reports" / "demo" / "report.html").is_file()
+    assert (report / "report.html").is_file()
 
 
 @pytest.mark.slow
@@ -158,12 +163,12 @@ def test_joblib_gives_the_same_cells_as_the_basic_launcher(tmp_path):
     assert sweep(basic, det, launcher="basic").returncode == 0
     out = sweep(par, det, launcher="joblib")
     assert out.returncode == 0, out.stderr
-    a = pd.read_csv(basic / "reports" / "demo" / "cells.csv")
-    b = pd.read_csv(par / "reports" / "demo" / "cells.csv")
+    a = pd.read_csv(where(basic, det)[1] / "cells.csv")
+    b = pd.read_csv(where(par, det)[1] / "cells.csv")
     timing = [c for c in a.columns if "tokens_per_second" in c]
     pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing),
                                   check_exact=False, rtol=1e-6)
-    summary = json.loads(next((par / "runs" / "demo").glob("*/summary.json")).read_text())
+    summary = json.loads(next(where(par, det)[0].glob("*/summary.json")).read_text())
     assert summary["config"]["trainer.threads"] >= 1  # threads split between the jobs
 
 
@@ -173,10 +178,10 @@ def test_sweep_through_submitit_local(tmp_path):
     out = sweep(tmp_path, "hydra.launcher.timeout_min=10", "optim.lr=1",
                 launcher="submitit_local")
     assert out.returncode == 0, out.stdout + out.stderr
-    statuses = [json.loads(p.read_text())["status"]
-                for p in (tmp_path / "runs" / "demo").glob("*/summary.json")]
+    runs, report = where(tmp_path, "optim.lr=1")
+    statuses = [json.loads(p.read_text())["status"] for p in runs.glob("*/summary.json")]
     assert len(statuses) == 6 and set(statuses) <= {"completed", "diverged"}
-    assert (tmp_path / "reports" / "demo" / "cells.csv").is_file()
+    assert (report / "cells.csv").is_file()
 
 
 def test_unknown_preset_and_bad_options_are_one_line(capsys):
@@ -211,10 +216,11 @@ def test_clip_zoo_compares_every_method(tmp_path):
            "model.hidden_size=8", "model.embed_dim=4", "trainer.eval_batches=2"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    stable = pd.read_csv(tmp_path / "reports" / "clip_zoo" / "stable_lr.csv")
+    report = where(tmp_path, *cmd[5:], preset="clip_zoo")[1]
+    stable = pd.read_csv(report / "stable_lr.csv")
     methods = set(stable["clip.method"])
     assert set(CLIP.names()) <= methods | {"norm"}  # every registered method is compared
     assert "norm_relative" in methods  # relative norm clipping shows as its own method
-    md = (tmp_path / "reports" / "clip_zoo" / "report.md").read_text()
+    md = (report / "report.md").read_text()
     for name in CLIP.names():
         assert name in md

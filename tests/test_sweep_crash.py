@@ -40,7 +40,10 @@ def statuses(runs: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_killed_sweep_restarts_where_it_stopped(tmp_path):
-    runs = tmp_path / "runs" / "demo"
+    from seqbench.sweep import sweep_dir_name
+
+    sweep_name = sweep_dir_name("demo", SWEEP)
+    runs = tmp_path / "runs" / sweep_name
     proc = start(tmp_path)
     deadline = time.monotonic() + 300
     caught = None
@@ -76,5 +79,5 @@ def test_a_killed_sweep_restarts_where_it_stopped(tmp_path):
         assert steps == list(range(1, len(steps) + 1)), name
     resumed = json.loads((runs / caught / "summary.json").read_text())["resumed_from"]
     assert resumed == ([checkpoint_step] if checkpoint_step else [])
-    table = pd.read_csv(tmp_path / "reports" / "demo" / "runs.csv")
+    table = pd.read_csv(tmp_path / "reports" / sweep_name / "runs.csv")
     assert len(table) == 12  # no run counted twice

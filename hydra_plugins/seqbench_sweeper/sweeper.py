@@ -2,9 +2,12 @@
 
 Selected by `hydra/sweeper=seqbench` (the sweep presets in conf/sweep/ do this). It
 expands the preset's grids (`hydra.sweeper.grids`), composes and validates every job
-before launching any (exit 2 listing the invalid ones), skips jobs that already ended
-for the same config, launches the rest through whichever Hydra launcher is configured,
-shows one progress bar over the whole sweep, and writes the report at the end.
+before launching any (exit 2 listing the invalid ones), refuses (exit 2) when a job's
+directory holds a run of another experiment unless `force`, skips jobs that already ended
+for the same config (looking in `reuse_dir` too, the preset's directory before sweep
+directories were keyed by their globals), launches the rest through whichever Hydra
+launcher is configured, shows one progress bar over the whole sweep, and writes the
+report at the end.
 """
 
 # No `from __future__ import annotations` here: Hydra imports plugin modules without
@@ -34,11 +37,14 @@ class SeqbenchSweeperConf:
     preset: str = "sweep"
     # list of grids: each maps an override key to a value or a list of values
     grids: list[Any] = field(default_factory=list)
-    force: bool = False  # re-run finished jobs too
+    force: bool = False  # re-run finished jobs too, and replace runs of other experiments
     dry_run: bool = False  # list the jobs and launch nothing
     max_batch_size: int | None = None  # jobs per launcher call; null: chosen per launcher
     report: bool = True
-    report_dir: str | None = None  # null: reports/<preset>
+    report_dir: str | None = None  # null: reports/<name of the sweep directory>
+    # where finished runs of the same experiments may already be (runs/<preset> when the
+    # sweep directory is keyed by globals); they are copied in instead of re-run
+    reuse_dir: str | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="seqbench", node=SeqbenchSweeperConf,
@@ -47,11 +53,13 @@ ConfigStore.instance().store(group="hydra/sweeper", name="seqbench", node=Seqben
 
 class SeqbenchSweeper(Sweeper):
     def __init__(self, preset: str, grids: list, force: bool, dry_run: bool,
-                 max_batch_size: int | None, report: bool, report_dir: str | None):
+                 max_batch_size: int | None, report: bool, report_dir: str | None,
+                 reuse_dir: str | None = None):
         self.preset, self.force, self.dry_run = preset, force, dry_run
         self.grids = [OmegaConf.to_container(g, resolve=True) if OmegaConf.is_config(g) else g
                       for g in grids]
         self.max_batch_size, self.report, self.report_dir = max_batch_size, report, report_dir
+        self.reuse_dir = Path(reuse_dir) if reuse_dir else None
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher = None
@@ -80,19 +88,22 @@ class SeqbenchSweeper(Sweeper):
         return [f"trainer.threads={max(1, cores // n_jobs)}"]
 
     def plan(self, arguments: list[str]):
-        """(jobs to launch, jobs already finished, error lines), all jobs composed."""
+        """(jobs to launch, jobs already finished, error lines, conflicts, reused), all jobs
+        composed. Nothing is written here except reused runs (copies of finished runs of
+        the same experiments), and only when there is no error and no conflict."""
         from seqbench.config import explain_hydra_error, flat, validate
         from seqbench.errors import ConfigError, ConfigErrors
 
         try:
             cli = sw.split_cli_overrides(arguments)
         except Exception as e:  # a malformed override or an unsupported sweep
-            return [], [], [("command line", f"overrides: {str(e).splitlines()[0]}")]
+            return [], [], [("command line", f"overrides: {str(e).splitlines()[0]}")], [], 0
         jobs = sw.expand(self.grids, cli)
         extra = self._extra_overrides(cli)
         loader = self.hydra_context.config_loader
         sweep_dir = Path(self.config.hydra.sweep.dir)
         todo, done, errors, seen, tasks = [], [], [], {}, {}
+        conflicts, reusable = [], []
         for job in jobs:
             overrides = [*job.overrides, *extra]
             try:
@@ -118,16 +129,41 @@ class SeqbenchSweeper(Sweeper):
                 continue
             seen[identity] = job.name
             job = sw.Job(job.name, tuple(overrides))
-            if not self.force and sw.finished(sweep_dir / job.name, config):
+            job_dir = sweep_dir / job.name
+            if not self.force and sw.finished(job_dir, config):
                 done.append(job)
+                continue
+            clash = sw.conflict(job_dir, config)
+            if clash is not None and not self.force:
+                conflicts.append(clash)
+            elif (not self.force and self.reuse_dir is not None and not job_dir.exists()
+                  and sw.finished(self.reuse_dir / job.name, config)):
+                reusable.append((job, config))
             else:
                 todo.append(job)
-        return todo, done, errors
+        reused = 0
+        if not errors and not conflicts and not self.dry_run:
+            for job, config in reusable:
+                reused += sw.reuse(self.reuse_dir / job.name, sweep_dir / job.name, config)
+        if self.dry_run:
+            reused = len(reusable)
+        done += [job for job, _ in reusable]
+        return todo, done, errors, conflicts, reused
 
     # ---- running --------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
         t0 = time.perf_counter()
-        todo, done, errors = self.plan(arguments)
+        todo, done, errors, conflicts, reused = self.plan(arguments)
+        if conflicts and not errors:
+            from seqbench.cli import one_line
+
+            how = ("run the sweep into another directory (hydra.sweep.dir=DIR) or replace "
+                   "it with --force")
+            for line in sw.conflict_lines(conflicts, how):
+                print(f"seqbench: error: {one_line(line)}", file=sys.stderr)
+            print(f"seqbench: error: {len(conflicts)} job(s) would overwrite runs of other "
+                  "experiments; nothing was launched", file=sys.stderr)
+            raise SystemExit(2)
         if errors:
             from seqbench.cli import one_line
 
@@ -142,12 +178,16 @@ class SeqbenchSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         print(f"sweep {self.preset}: {outcome.jobs} jobs ({len(done)} already finished), "
               f"validated in {time.perf_counter() - t0:.1f} s; runs in {sweep_dir}/", flush=True)
+        if reused:
+            print(f"  {reused} of them {'would be' if self.dry_run else 'were'} copied from "
+                  f"{self.reuse_dir}/ (the same experiments, run before)", flush=True)
         if self.dry_run:
             for job in todo:
                 print(f"  {job.name}")
             return []
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        sw.write_sweep_file(sweep_dir, self.preset, arguments)
         batch = self.max_batch_size or self._default_batch(len(todo))
         returns = []
         with SweepProgress(len(todo)) as progress:
@@ -204,9 +244,12 @@ class SeqbenchSweeper(Sweeper):
     def _report(self, sweep_dir: Path, outcome: sw.SweepOutcome) -> None:
         from seqbench.report import make_report
 
-        out = Path(self.report_dir or Path("reports") / self.preset)
+        out = Path(self.report_dir or Path("reports") / sweep_dir.name)
         t0 = time.perf_counter()
-        result = make_report(sweep_dir, out, title=f"seqbench sweep: {self.preset}")
+        title = f"seqbench sweep: {self.preset}"
+        if sweep_dir.name != self.preset:
+            title += f" ({sweep_dir.name})"
+        result = make_report(sweep_dir, out, title=title)
         outcome.report_dir = str(out)
         print(f"report: {result.paths['report_html']} ({result.n_runs} runs, "
               f"{time.perf_counter() - t0:.1f} s)", flush=True)

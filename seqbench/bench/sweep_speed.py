@@ -45,7 +45,10 @@ def run_sweep(preset: str, launcher: str, overrides: list[str], workdir: Path) -
     if out.returncode not in (0, 1):
         raise RuntimeError(f"sweep failed ({out.returncode}): {out.stderr[-2000:]}")
     summaries = []
-    for p in sorted((workdir / "runs" / preset).glob("*/summary.json")):
+    from seqbench.sweep import sweep_dir_name
+
+    for p in sorted((workdir / "runs" / sweep_dir_name(preset, overrides))
+                    .glob("*/summary.json")):
         s = json.loads(p.read_text())
         if s.get("timing", {}).get("first_step_at") is not None:
             summaries.append(s)

@@ -53,6 +53,13 @@ LONG = [PRESET, "optim.lr=4", "clip=none", "seed=0", f"trainer.max_steps={LONG_S
 LONG_RUN = "optim=sgd,optim.lr=4,clip=none,seed=0"
 
 
+def sweep_dir_name(preset: str, *overrides: str) -> str:
+    """The sweep directory (under runs/) and report directory (under reports/) name."""
+    from seqbench.sweep import sweep_dir_name as name
+
+    return name(preset, overrides)
+
+
 # ---- the smoke preset, on SLURM and in-process ----------------------------------------
 
 @pytest.fixture(scope="module")
@@ -66,8 +73,8 @@ def smoke(slurm, tmp_path_factory):
         cwd = tmp_path_factory.mktemp(name)
         rc, log = run_sweep(cwd, *args, *extra, timeout=SWEEP_TIMEOUT)
         setattr(out, name, SimpleNamespace(cwd=cwd, rc=rc, log=log,
-                                           runs=cwd / "runs" / PRESET,
-                                           report=cwd / "reports" / PRESET))
+                                           runs=cwd / "runs" / sweep_dir_name(*args),
+                                           report=cwd / "reports" / sweep_dir_name(*args)))
     return out
 
 
@@ -201,7 +208,7 @@ def assert_resumed_exactly(run: Path, reference: Path, resumed_from: list[int]) 
 def test_a_cancelled_job_resumes_from_its_checkpoint_when_the_sweep_runs_again(
         slurm, uninterrupted, tmp_path):
     proc = start_sweep(tmp_path, *LONG, LAUNCHER)
-    run = tmp_path / "runs" / PRESET / LONG_RUN
+    run = tmp_path / "runs" / sweep_dir_name(*LONG) / LONG_RUN
     wait_for_checkpoint(run, proc, tmp_path)
     job = slurm_job_id(run)
     subprocess.run(["scancel", job], check=True, timeout=60)
@@ -237,7 +244,7 @@ def test_a_requeued_or_preempted_job_resumes_from_its_checkpoint_within_the_same
     SIGUSR2 as SLURM sends it before a time limit and submitit's own pre-emption test
     does (submitit's handler requeues the job itself): one sweep, one run, two resumes."""
     proc = start_sweep(tmp_path, *LONG, LAUNCHER)
-    run = tmp_path / "runs" / PRESET / LONG_RUN
+    run = tmp_path / "runs" / sweep_dir_name(*LONG) / LONG_RUN
     wait_for_checkpoint(run, proc, tmp_path)
     job = slurm_job_id(run)
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
