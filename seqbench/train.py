@@ -44,6 +44,7 @@ from seqbench.metrics import (
 )
 from seqbench.models import count_parameters
 from seqbench.optim import build_optimizer, build_schedule
+from seqbench.outcome import outcome
 
 log = logging.getLogger("seqbench.train")
 
@@ -108,6 +109,9 @@ class Trainer:
         self.flat_config = flat(cfg)  # ~0.5 ms to build; summary.json is written per flush
         self.task_given = task
         self._build()
+        # the input-independent score to beat, on exactly the validation data evaluate()
+        # scores: a run that ends no better did not learn (seqbench.outcome)
+        self.baseline = self.task.baseline(int(t.eval_batches))
         if t.resume == "auto" and (self.run_dir / CHECKPOINT_FILE).exists():
             try:
                 self._restore(ckpt.load(self.run_dir / CHECKPOINT_FILE))
@@ -554,6 +558,15 @@ class Trainer:
                        "lower_is_better": metric.lower_is_better},
             "final_val_metric": last_eval.get("val_metric") if last_eval else None,
             "best_val_metric": best,
+            # trained / no_progress / diverged: the final metric against the baseline
+            "outcome": outcome(st.status, last_eval.get("val_metric") if last_eval else None,
+                               self.baseline["val_metric"], metric.lower_is_better),
+            "baseline_val_metric": self.baseline["val_metric"],
+            "baseline": self.baseline["description"],
+            "baseline_val_loss": self.baseline.get("val_loss"),
+            # the loss at initialization (the first step's training loss): the reference
+            # a diverged run counts at in the report's LR sensitivity
+            "initial_loss": self.initial_loss,
             # whether the task's stated success criterion was met (null: none, or not run)
             "task_success": self.success.get("task_success") if self.success else None,
             "task_metrics": self.success or None,
@@ -584,6 +597,9 @@ def summary_line(s: dict[str, Any]) -> str:
         return "—" if v is None else format(v, fmt)
 
     parts = [f"status={s['status']}"]
+    if s.get("outcome"):
+        parts.append(f"outcome={s['outcome']} (baseline "
+                     f"{num(s.get('baseline_val_metric'), '.4g')})")
     if s["divergence"]:
         parts.append(f"divergence={s['divergence']} at step {s['divergence_step']}")
     if s.get("task_success") is not None:

@@ -117,7 +117,7 @@ def test_sweep_runs_skips_finished_jobs_and_reports(tmp_path):
     n = len(list(runs.glob("*/summary.json")))
     assert n == 2 * 4 + 2 * 2  # lrs x (none, norm 0.25, norm 1, value) + lrs x adam clips
     assert f"{n} jobs: " in first.stdout and "0 error" in first.stdout
-    for f in ("report.html", "report.md", "runs.csv", "cells.csv", "stable_lr.csv"):
+    for f in ("report.html", "report.md", "runs.csv", "cells.csv", "lr_summary.csv"):
         assert (report / f).is_file()
     assert len(pd.read_csv(report / "runs.csv")) == n
     before = mtimes(runs)
@@ -217,7 +217,7 @@ def test_clip_zoo_compares_every_method(tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     report = where(tmp_path, *cmd[5:], preset="clip_zoo")[1]
-    stable = pd.read_csv(report / "stable_lr.csv")
+    stable = pd.read_csv(report / "lr_summary.csv")
     methods = set(stable["clip.method"])
     assert set(CLIP.names()) <= methods | {"norm"}  # every registered method is compared
     assert "norm_relative" in methods  # relative norm clipping shows as its own method

@@ -21,6 +21,19 @@ def windows_per_pass(n_tokens: int, batch_size: int, seq_len: int) -> int:
     return max(0, (length - 1) // seq_len)
 
 
+def target_spans(n_tokens: int, batch_size: int, seq_len: int,
+                 max_windows: int = 0) -> list[tuple[int, int]]:
+    """[start, stop) ranges of the flat token array that are the targets `y` of the
+    first `max_windows` windows of a pass (all of them if 0), one range per stream: the
+    tokens a StreamBatches over `n_tokens` tokens scores. The first token of each stream
+    is never a target; tokens past the last full window are never scored."""
+    length = n_tokens // batch_size
+    windows = windows_per_pass(n_tokens, batch_size, seq_len)
+    if max_windows > 0:
+        windows = min(windows, max_windows)
+    return [(r * length + 1, r * length + 1 + windows * seq_len) for r in range(batch_size)]
+
+
 def max_seq_len(n_tokens: int, batch_size: int) -> int:
     return max(0, n_tokens // batch_size - 1)
 

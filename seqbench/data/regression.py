@@ -293,6 +293,29 @@ class RegressionTask:
         test, train = both.tolist()  # the one host read of an evaluation
         return {"val_loss": test, "val_metric": test, "train_mse": train}
 
+    def baseline(self, max_batches: int = 0) -> dict:
+        """The best constant prediction on the samples `evaluate(model, max_batches)`
+        scores (the test split, or its first max_batches x batch_size samples): their
+        mean, whose MSE is the test targets' variance (ddof 0). No output that ignores X
+        does better there, so a run beats it only by reading X. `train_mean_mse` is the
+        MSE of predicting the training targets' mean instead (the variance plus the
+        squared gap between the two means), the constant a model that learned nothing
+        but the bias tends towards."""
+        y = np.asarray(self.arrays["test"][1], dtype=np.float64)
+        if max_batches > 0:
+            y = y[:max_batches * int(self.cfg.batch_size)]
+        train_mean = float(np.mean(self.arrays["train"][1], dtype=np.float64))
+        var = float(np.var(y))
+        train_mean_mse = float(np.mean((y - train_mean) ** 2))
+        return {
+            "val_metric": var, "val_loss": var, "train_mean_mse": train_mean_mse,
+            "description": (
+                f"the variance of the {len(y)} test targets: the MSE of predicting their "
+                f"mean, the best constant (predicting the training mean: "
+                f"{train_mean_mse:,.1f})"
+            ),
+        }
+
     def success(self, model: nn.Module) -> dict:
         """Did the model learn the problem: test MSE below `task.success_mse`?"""
         out = self.evaluate(model)

@@ -143,6 +143,24 @@ def halves_batch(n: int, length: int, gen: torch.Generator) -> tuple[Tensor, Ten
 ADDING_VARIANTS = {"hochreiter": adding_batch, "halves": halves_batch}
 
 
+def adding_constant_hit(variant: str, length: int) -> float:
+    """P(|c - target| < tolerance) for the best constant c, the target's mode (and mean):
+    0.5 (hochreiter) or 1.0 (halves). Both targets are symmetric and unimodal about it,
+    so the window of width 2 x tolerance centred there holds the most probability.
+
+    halves: target U1 + U2, triangular on [0, 2]: P(|S - 1| < e) = 2e - e^2.
+    hochreiter: target 0.5 + (X1 + X2)/4; |.| < e needs |X1 + X2| < 4e, probability
+    4e - 4e^2 for two U[-1, 1] values (triangular on [-2, 2]), but 4e when one of the
+    two marks sits on the first pair, whose value is zeroed: the first mark is there
+    with probability 1/10, else the second with 1/(T//2 - 1) (see adding_batch).
+    """
+    e = ADD_TOLERANCE[variant]
+    if variant == "halves":
+        return 2 * e - e * e
+    zeroed = 1 / ADD_FIRST_WINDOW + (1 - 1 / ADD_FIRST_WINDOW) / (length // 2 - 1)
+    return zeroed * 4 * e + (1 - zeroed) * (4 * e - 4 * e * e)
+
+
 # Temporal order (Hochreiter & Schmidhuber 1997, sec. 5.6): distractors a, b, c, d; the
 # relevant symbols X, Y; E starts every sequence and B (the "trigger") ends it.
 ORDER_SYMBOLS = ("a", "b", "c", "d", "X", "Y", "E", "B")
@@ -311,7 +329,9 @@ class SyntheticTask:
         self.width = 256  # widest activation per step, set by build_model (chunk sizing)
         self.batch: tuple[Tensor, Tensor] | None = None
         self.val: list[tuple[Tensor, Tensor]] = []
-        self.baseline: dict[str, float] | None = None
+        # `trivial` scored by `evaluate` at setup: describe()'s "baseline" (the method
+        # `baseline()` is the Task interface's input-independent baseline)
+        self.trivial_scores: dict[str, float] | None = None
 
     # -- what a subclass provides --
     steps: int  # input steps per sequence
@@ -334,6 +354,12 @@ class SyntheticTask:
         """What a model without memory can best output (the baseline of describe())."""
         raise NotImplementedError
 
+    def constant_baseline(self, y: Tensor) -> dict:
+        """The best input-independent output for the error rate on targets `y` (CPU):
+        `val_metric`, `expected_val_metric` (its error rate in expectation over the
+        task's distribution, worked out analytically), `description`, ..."""
+        raise NotImplementedError
+
     # -- set-up --
     def setup(self, device: torch.device, accum_steps: int, seed: int | None = None) -> None:
         self.device = torch.device(device)
@@ -342,7 +368,7 @@ class SyntheticTask:
         self.train_gen = _generator(stream_seed(self.seed, _TRAIN), self.device)
         self.batch = self.draw(self.batch_size, self.train_gen)
         self.val = list(self.fixed_set(_VAL, int(self.cfg.val_sequences)))
-        self.baseline = self.evaluate(_Trivial(self))
+        self.trivial_scores = self.evaluate(_Trivial(self))
 
     def build_model(self, model_cfg) -> nn.Module:
         if getattr(model_cfg, "cell", None) is None:
@@ -368,8 +394,8 @@ class SyntheticTask:
                           "sequences (Pascanu et al. 2013, sec. 4.1.1)",
             "data_seed": self.seed,
         }
-        if self.baseline is not None:
-            out["baseline"] = self.baseline  # a memoryless constant predictor on the val set
+        if self.trivial_scores is not None:
+            out["baseline"] = self.trivial_scores  # a memoryless constant predictor, val set
         return out
 
     # -- training --
@@ -394,13 +420,59 @@ class SyntheticTask:
         self.batch = tuple(t.to(self.device) for t in state["batch"])
 
     # -- evaluation --
-    def fixed_set(self, key: int, n: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def fixed_set(self, key: int, n: int,
+                  device: torch.device | str | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """The fixed set `key` (validation or test): drawn on the CPU in blocks of
-        GEN_BLOCK sequences, moved to the device one block at a time."""
+        GEN_BLOCK sequences, moved to the device (the task's unless given) one block at
+        a time."""
+        device = self.device if device is None else device
         gen = _generator(stream_seed(0, key))
         for start in range(0, n, GEN_BLOCK):
             x, y = self.draw(min(GEN_BLOCK, n - start), gen)
-            yield x.to(self.device), y.to(self.device)
+            yield x.to(device), y.to(device)
+
+    def val_count(self, max_batches: int = 0) -> int:
+        """How many validation sequences `evaluate(model, max_batches)` scores: all of
+        them if max_batches is 0, else those of its first max_batches chunks (chunks
+        of `chunk_size()` within blocks of GEN_BLOCK, as `_score_sets` cuts them; the
+        chunk size depends on the model's width once `build_model` has run)."""
+        total = int(self.cfg.val_sequences)
+        if max_batches <= 0:
+            return total
+        n, batches, chunk = 0, 0, self.chunk_size()
+        for start in range(0, total, GEN_BLOCK):
+            block = min(GEN_BLOCK, total - start)
+            for offset in range(0, block, chunk):
+                if batches >= max_batches:
+                    return n
+                n += min(chunk, block - offset)
+                batches += 1
+        return n
+
+    def val_targets(self, max_batches: int = 0) -> Tensor:
+        """The targets of the validation sequences `evaluate(model, max_batches)`
+        scores, drawn afresh on the CPU (the same sequences, before or after setup)."""
+        n, ys, have = self.val_count(max_batches), [], 0
+        for _, y in self.fixed_set(_VAL, int(self.cfg.val_sequences), device="cpu"):
+            ys.append(y)
+            have += len(y)
+            if have >= n:
+                break
+        return torch.cat(ys)[:n]
+
+    def baseline(self, max_batches: int = 0) -> dict:
+        """The best input-independent predictor on the validation sequences that
+        `evaluate(model, max_batches)` scores: the constant output (for copy, one
+        constant per step: the length is fixed, so the step index needs no input) with
+        the lowest error rate on exactly those sequences, so that no output ignoring the
+        input does better there -- a run whose val_metric is below it has learned to
+        read its input. Chosen on the validation set itself, it sits slightly below (a
+        standard error or two) the error rate the best constant has in expectation,
+        `expected_val_metric`, worked out from the task's distribution. Independent of
+        the run's seed, device and model, and of `setup` (describe()'s "baseline" is
+        another thing: the fixed memoryless `trivial` output scored by `evaluate`)."""
+        out = self.constant_baseline(self.val_targets(max_batches))
+        return {k: v.item() if isinstance(v, np.generic) else v for k, v in out.items()}
 
     def chunk_size(self) -> int:
         return max(1, EVAL_ELEMENTS // (self.steps * self.width))
@@ -494,6 +566,33 @@ class AddingTask(SyntheticTask):
     def trivial(self, x):
         return torch.full(x.shape[:1], ADD_EXPECTED[self.variant], device=x.device)
 
+    def constant_baseline(self, y):
+        """The constant within the tolerance of the most targets: a sliding window of
+        width 2 x tolerance over the sorted targets (exact, no grid), its midpoint scored
+        by `score` in float32 like a model's output. It is near the mode, where the best
+        constant in expectation sits (`adding_constant_hit`); `val_loss` is its MSE."""
+        t = np.sort(y.double().numpy())
+        n = len(t)
+        end = np.searchsorted(t, t + 2 * self.tolerance, side="left")  # t[i:end] covered
+        i = int(np.argmax(end - np.arange(n)))
+        c = float((t[i] + t[end[i] - 1]) / 2)
+        scored = self.score(torch.full((n,), c), y)
+        hits = n - int(scored["error"].sum())
+        expected = 1 - adding_constant_hit(self.variant, self.length)
+        mode = ADD_EXPECTED[self.variant]
+        return {
+            "val_metric": 1 - hits / n,
+            "val_loss": scored["loss"].double().mean().item(),
+            "expected_val_metric": expected,
+            "constant": c,
+            "val_sequences": n,
+            "description": (
+                f"best constant output {c:.4f}: within {self.tolerance:g} of {hits} of the "
+                f"{n} validation targets, more than any other constant (in expectation: "
+                f"the mode {mode:g}, error rate {expected:.4f})"
+            ),
+        }
+
     def describe(self):
         return {**super().describe(), "variant": self.variant}
 
@@ -535,6 +634,29 @@ class TemporalOrderTask(SyntheticTask):
 
     def trivial(self, x):
         return torch.zeros(len(x), self.classes, device=x.device)  # uniform over classes
+
+    def constant_baseline(self, y):
+        """The majority class of the targets (the lowest class among ties); in
+        expectation every class is as good (chance: the classes are uniform).
+        `val_loss`: the cross-entropy of outputting the targets' class frequencies,
+        whose argmax is that class (their entropy, nats)."""
+        counts = np.bincount(y.numpy(), minlength=self.classes)
+        n, k = int(counts.sum()), int(np.argmax(counts))
+        freq = counts[counts > 0] / n
+        expected = 1 - 1 / self.classes
+        name = ORDER_CLASSES[self.symbols][k]
+        return {
+            "val_metric": 1 - counts[k] / n,
+            "val_loss": float(-(freq * np.log(freq)).sum()),
+            "expected_val_metric": expected,
+            "constant": name,
+            "val_sequences": n,
+            "description": (
+                f"majority class {name}: {counts[k]} of the {n} validation sequences, the "
+                f"best constant class (in expectation: chance, 1 of {self.classes} "
+                f"classes, error rate {expected:.4f})"
+            ),
+        }
 
     def describe(self):
         return {**super().describe(), "symbols": self.symbols,
@@ -578,6 +700,33 @@ class CopyTask(SyntheticTask):
         out[:, :-self.pattern, -1] = 30.0  # sure of the blank
         out[:, -self.pattern:, -1] = -30.0  # sure it is a symbol, not which
         return out
+
+    def constant_baseline(self, y):
+        """Input-independent here means: one constant output per step. The length is
+        fixed, so where the delimiter falls (and the pattern is due) is known without
+        reading the input; what the pattern is is not. The best such output is blank
+        until the last `pattern` steps and then the pattern most frequent among the
+        targets (the first in lexicographic order among ties); in expectation any
+        pattern is right with probability alphabet^-pattern."""
+        patterns = y[:, -self.pattern:].numpy()
+        n = len(patterns)
+        uniq, counts = np.unique(patterns, axis=0, return_counts=True)
+        k = int(np.argmax(counts))
+        a, m = self.alphabet, self.pattern
+        expected = 1 - float(a) ** -m
+        shown = " ".join(str(int(v)) for v in uniq[k])
+        return {
+            "val_metric": 1 - counts[k] / n,
+            "expected_val_metric": expected,
+            "constant": [int(v) for v in uniq[k]],
+            "val_sequences": n,
+            "description": (
+                f"blank for {self.steps - m} steps, then the most frequent validation "
+                f"pattern ({shown}: {counts[k]} of the {n} sequences), the best output "
+                f"per step that ignores the input (in expectation: error rate 1 - {a}^-{m}"
+                f" = {expected:.10g})"
+            ),
+        }
 
     def describe(self):
         return {**super().describe(), "alphabet": self.alphabet, "pattern": self.pattern}

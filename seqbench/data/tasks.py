@@ -18,6 +18,12 @@ The interface every task provides (the trainer uses nothing else):
 - `state_dict() -> dict` / `load_state_dict(state)` -- the data position and any
   carried state (hidden states, generator states), tensors and plain values only, so a
   checkpointed run resumes on exactly the data it would have seen;
+- `baseline(max_batches=0) -> dict` with `val_metric` (the unit and direction of
+  evaluate's), a one-line `description`, and optionally `val_loss` and other numbers:
+  what an input-independent predictor scores on exactly the validation data that
+  `evaluate(model, max_batches)` scores. A run counts as trained only when its
+  `val_metric` beats it. Computed from the data alone (no model, no seed, on the host),
+  cheaply, before or after `setup`, so a report can recompute it for an old run;
 - optional `success(model) -> dict` with `task_success: bool` and the numbers behind it,
   called once at the end of a completed run (e.g. error rate on fresh sequences).
 """
@@ -27,14 +33,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqbench.checks import at_least, one_of
-from seqbench.data.batching import StreamBatches, max_seq_len, to_device
+from seqbench.data.batching import StreamBatches, max_seq_len, target_spans, to_device
 from seqbench.data.corpus import read_text_file, tinyshakespeare
-from seqbench.data.vocab import ByteVocab, CharVocab
+from seqbench.data.vocab import ByteVocab, CharVocab, token_counts
 from seqbench.errors import ConfigError
 from seqbench.models import CharRNN, detach
 from seqbench.registry import Registry
@@ -151,6 +158,43 @@ class CharLMTask:
             "vocab_size": self.vocab.size,
             "chars": {k: len(v) for k, v in self.ids.items()},
             "unknown_chars": dict(self.unknown),
+        }
+
+    def baseline(self, max_batches: int = 0) -> dict:
+        """The unigram baseline: each validation token predicted with the training
+        split's token frequencies, add-one smoothed over the whole vocabulary,
+        p(c) = (count_train(c) + 1) / (N_train + V), V = `vocab.size` (all 256 values for
+        bytes; for characters the training characters plus <unk> when there is one, so a
+        validation character unseen in training costs log2(N_train + V) bits).
+
+        Scored on exactly the tokens `evaluate(model, max_batches)` scores -- the
+        targets of the validation windows of `batch_size` streams x `seq_len` steps, so
+        the first token of each stream and the tail past the last full window are left
+        out, as they are for the model -- which makes it depend on seq_len and
+        batch_size (by a few thousandths of a bit: the split is the same text). Counts
+        are numpy bincounts over the token ids, in chunks (memory-mapped corpora too).
+        Returns `val_metric` = `val_bpc` (bits/char) and `val_loss` (nats/char).
+        """
+        size = self.vocab.size
+        train = token_counts(self.ids["train"], size)
+        val_ids = self.ids["val"]
+        b, t = self.cfg.batch_size, self.cfg.seq_len
+        val = np.zeros(size, dtype=np.int64)
+        for start, stop in target_spans(len(val_ids), b, t, max_batches):
+            val += token_counts(val_ids[start:stop], size)
+        n_train, n_val = int(train.sum()), int(val.sum())
+        log_p = np.log(train + 1.0) - math.log(n_train + size)
+        nats = -float(val @ log_p) / n_val
+        bpc = nats / math.log(2)
+        unit = "byte" if self.vocab.kind == "bytes" else "character"
+        return {
+            "val_metric": bpc, "val_bpc": bpc, "val_loss": nats,
+            "description": (
+                f"unigram: {unit} frequencies of the training split ({n_train:,} {unit}s), "
+                f"add-one smoothed over the {size}-token vocabulary, on the {n_val:,} "
+                f"validation targets evaluate scores ({n_val // (b * t)} windows of "
+                f"batch_size={b} x seq_len={t})"
+            ),
         }
 
     # ---- training -------------------------------------------------------------------

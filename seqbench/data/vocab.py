@@ -36,6 +36,19 @@ def byte_counts(data: bytes) -> np.ndarray:
     return counts
 
 
+def token_counts(ids: np.ndarray, size: int) -> np.ndarray:
+    """How often each of the token ids 0..size-1 occurs in `ids` (any integer dtype, e.g.
+    a memory-mapped uint8/uint16 token file), in chunks: bincount's int64 copy of a
+    100M-token split would be 800 MB."""
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, len(ids), _CHUNK):
+        part = np.bincount(np.asarray(ids[start:start + _CHUNK]), minlength=size)
+        if len(part) > size:
+            raise ValueError(f"token id {len(part) - 1} outside a vocabulary of {size}")
+        counts += part
+    return counts
+
+
 def _ascii_counts(text: str) -> np.ndarray:
     return byte_counts(text.encode("ascii"))[:128]
 

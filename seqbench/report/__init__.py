@@ -21,8 +21,10 @@ from seqbench.report.collect import (
     load_param_metrics,
 )
 from seqbench.report.figures import FigureResult, make_figures
+from seqbench.report.lr_summary import lr_summary
+from seqbench.report.outcomes import fill_outcomes
 from seqbench.report.render import write_documents
-from seqbench.report.stats import cell_index, cells, largest_stable_lr, threshold
+from seqbench.report.stats import cell_index, cells, threshold
 
 __all__ = [
     "PHASES",
@@ -32,7 +34,7 @@ __all__ = [
     "ReportResult",
     "cells",
     "collect_runs",
-    "largest_stable_lr",
+    "lr_summary",
     "load_curves",
     "load_param_metrics",
     "make_report",
@@ -43,11 +45,11 @@ __all__ = [
 class ReportResult:
     """What :func:`make_report` wrote and what it found.
 
-    ``paths``: report_md, report_html, runs_csv, cells_csv, stable_lr_csv.
+    ``paths``: report_md, report_html, runs_csv, cells_csv, lr_summary_csv.
     ``figures``: name -> PNG path for every figure drawn; ``skipped``: name -> note for
-    figures that could not be drawn. Names are the figure kinds (``divergence_heatmap``,
-    ``<metric>_heatmap``, ``loss_curves``, ``grad_norms``, ``param_grad_norms``,
-    ``frontier``), suffixed with
+    figures that could not be drawn. Names are the figure kinds (``lr_curves``,
+    ``divergence_heatmap``, ``<metric>_heatmap``, ``loss_curves``, ``grad_norms``,
+    ``param_grad_norms``, ``frontier``), suffixed with
     ``-<task>`` when the runs hold several tasks (see ``figures.figure_name``).
     ``n_runs`` counts readable run directories (incomplete ones included);
     ``n_found`` = ``n_runs`` + ``n_corrupt``. ``n_damaged`` counts runs (in ``n_runs``)
@@ -96,13 +98,15 @@ def make_report(
     """
     clock = _Clock(timings)
     collected = collect_runs(runs_dir)
+    # outcomes (and baselines) of runs written before runs recorded them
+    collected.runs, collected.derived = fill_outcomes(collected.runs, collected.runs_dir)
     clock.lap("collect")
     runs = collected.runs.copy()
     if not runs.empty:
         runs["threshold"] = threshold(runs)
         runs["cell"] = cell_index(runs)
     cells_df = cells(collected.runs)
-    stable_df = largest_stable_lr(cells_df)
+    stable_df = lr_summary(cells_df, collected.runs)
     clock.lap("stats")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,8 @@ def clip_short(method: object, threshold: object) -> str:
         return m
     if m == "norm_relative":
         return f"norm {lr(threshold)}x median"
+    if m == "norm_per_tensor":
+        return f"per-tensor norm {lr(threshold)}"
     return f"{m} {lr(threshold)}"
 
 
@@ -120,9 +122,15 @@ def clip_phrase(method: object, threshold: object) -> str:
         if is_missing(threshold):
             return "relative norm clipping"
         return f"norm clipping at {lr(threshold)}x the median gradient norm"
+    if m == "norm_per_tensor":
+        name = "per-tensor norm"
+    elif m == "norm":
+        name = "global norm"
+    else:
+        name = m
     if is_missing(threshold):
-        return f"{m} clipping"
-    return f"{m} clipping at {lr(threshold)}"
+        return f"{name} clipping"
+    return f"{name} clipping at {lr(threshold)}"
 
 
 _METRIC_NAMES = {
@@ -170,3 +178,11 @@ def short(x: object) -> str:
     if abs(v) >= 1:
         return f"{v:.2f}"
     return f"{v:.2g}"
+
+
+def join(items) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]

@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqbench.outcome import OUTCOMES
 from seqbench.report.tasks import BPC, METRIC_COLUMNS
 
 SUMMARY_FILE = "summary.json"
@@ -50,6 +51,9 @@ INCOMPLETE_STATUSES = frozenset({"running", "interrupted", "error"})
 DIVERGENCE_KINDS = frozenset({"nonfinite", "exploded"})
 #: The report's name for `clip=norm clip.relative=true` (threshold = multiple of median).
 RELATIVE_NORM = "norm_relative"
+#: The report's name for `clip=norm clip.scope=per_tensor` (Keras' `clipnorm`: each
+#: tensor by its own norm), so sentences and legends never call it global norm clipping.
+PER_TENSOR_NORM = "norm_per_tensor"
 
 #: Keys without which a summary cannot be interpreted.
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -74,6 +78,8 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "best_val_bpc",
     "final_val_metric",
     "best_val_metric",
+    "baseline_val_metric",
+    "initial_loss",
     "clip_fraction",
     "skipped_steps",
     "wall_seconds",
@@ -93,6 +99,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     *METRIC_COLUMNS,
     *NUMERIC_FIELDS,
     "task_success",
+    "outcome",
     *(f"grad_norm_pre_{s}" for s in GRAD_NORM_STATS),
     "error",
     "metrics_rows",
@@ -174,6 +181,9 @@ class CollectResult:
     damaged: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["run_dir", "reason"])
     )
+    #: what the report derived for runs written before runs recorded their outcome
+    #: (``seqbench.report.outcomes.Derived``); None until ``fill_outcomes`` ran
+    derived: object = None
 
     @property
     def n_found(self) -> int:
@@ -358,6 +368,9 @@ def _read_summary(path: Path) -> dict:
             "summary.json metric is not null or {name, unit, lower_is_better} "
             "(a non-empty string, a string and a boolean)"
         )
+    if data.get("outcome") is not None and data["outcome"] not in OUTCOMES:
+        raise _Corrupt(f"summary.json outcome {_show(data['outcome'])} is not null or one of "
+                       f"{', '.join(OUTCOMES)}")
     if not isinstance(data.get("task_success"), (bool, type(None))):  # 0/1 are not verdicts
         raise _Corrupt("summary.json task_success is not null, true or false")
     if not isinstance(data.get("task_metrics"), (dict, type(None))):
@@ -450,6 +463,8 @@ def _row(rel: str, data: dict, metrics_rows: float) -> dict:
             metric_lower_is_better=metric["lower_is_better"],
         )
     row["task_success"] = data.get("task_success")
+    # null for runs written before outcomes existed: the report derives it (outcomes.py)
+    row["outcome"] = data.get("outcome")
     tm = data.get("task_metrics")
     row["task_metrics"] = None if tm is None else _hashable(tm)
     gn = data.get("grad_norm_pre") or {}
@@ -531,6 +546,10 @@ def collect_runs(runs_dir: str | os.PathLike[str]) -> CollectResult:
         # report: its threshold (clip.max_norm) is a multiple, not a norm
         relative = (runs["clip.relative"] == True) & (runs["clip.method"] == "norm")  # noqa: E712
         runs["clip.method"] = runs["clip.method"].astype(object).mask(relative, RELATIVE_NORM)
+    if "clip.scope" in runs.columns and "clip.method" in runs.columns:
+        per_tensor = (runs["clip.scope"] == "per_tensor") & (runs["clip.method"] == "norm")
+        runs["clip.method"] = runs["clip.method"].astype(object).mask(per_tensor,
+                                                                      PER_TENSOR_NORM)
     return CollectResult(
         runs_dir=root,
         runs=runs.reset_index(drop=True),

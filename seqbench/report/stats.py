@@ -39,6 +39,15 @@ STAT_COLUMNS: tuple[str, ...] = (
     "divergence_rate",
     "divergence_rate_lo",
     "divergence_rate_hi",
+    "n_trained",
+    "trained_rate",
+    "trained_rate_lo",
+    "trained_rate_hi",
+    "n_no_progress",
+    "no_progress_rate",
+    "no_progress_rate_lo",
+    "no_progress_rate_hi",
+    "baseline_val_metric",
     "n_nonfinite",
     "nan_rate",
     "nan_rate_lo",
@@ -65,7 +74,8 @@ STAT_COLUMNS: tuple[str, ...] = (
 LEADING_KEYS: tuple[str, ...] = (TASK_COLUMN, "optim.name", "clip.method", "threshold", "optim.lr")
 
 #: Display order of clip methods; unknown methods sort after these, alphabetically.
-CLIP_METHOD_ORDER: tuple[str, ...] = ("none", "value", "norm", "norm_relative")
+CLIP_METHOD_ORDER: tuple[str, ...] = ("none", "value", "norm", "norm_per_tensor",
+                                      "norm_relative")
 
 _VERDICT = ("completed", "diverged")
 
@@ -199,7 +209,8 @@ def threshold(df: pd.DataFrame) -> pd.Series:
         pd.to_numeric(df["clip.clip_value"], errors="coerce") if "clip.clip_value" in df else nan
     )
     out = nan.copy()
-    out = out.mask(method.isin(["norm", "norm_relative"]), max_norm.astype(float))
+    out = out.mask(method.isin(["norm", "norm_per_tensor", "norm_relative"]),
+                   max_norm.astype(float))
     out = out.mask(method == "value", clip_value.astype(float))
     return out.astype(float).rename("threshold")
 
@@ -300,6 +311,13 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     (exploded runs). ``n_success`` of ``n_success_trials`` runs met the task's success
     criterion (see :func:`_success_columns`), with ``success_rate`` and its Wilson
     interval; all missing for tasks without a criterion.
+
+    Outcomes (``seqbench.outcome``): ``n_trained`` runs ended better than the task's
+    input-independent baseline, ``n_no_progress`` completed no better than it, and
+    ``n_diverged`` diverged; each with its rate over ``n`` and a Wilson interval. A
+    completed run whose outcome is unknown (an old run whose baseline could not be
+    recomputed) is in neither count. ``baseline_val_metric`` is the cell's baseline
+    (the same for every run of one task config; the mean if they differ).
     """
     keys = cell_key_columns(runs_df)
     group_keys = [*keys, *METRIC_COLUMNS]
@@ -326,6 +344,8 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     nonfinite = verdict & (first_nf.notna() | (divergence == "nonfinite"))
     steps = _num(df, "steps_completed")
     succ = _success_columns(df, completed, diverged)
+    result = (df["outcome"].astype(object) if "outcome" in df
+              else pd.Series(None, index=df.index, dtype=object))
 
     work = pd.DataFrame(
         {
@@ -334,6 +354,9 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
             "incomplete": (~verdict).astype(int),
             "finished": completed.astype(int),
             "diverged": diverged.astype(int),
+            "trained": (completed & (result == "trained")).astype(int),
+            "no_progress": (completed & (result == "no_progress")).astype(int),
+            "baseline": _num(df, "baseline_val_metric").where(verdict),
             "nonfinite": nonfinite.astype(int),
             "metric": _num(df, "final_val_metric").where(completed),
             "bpc": _num(df, "final_val_bpc").where(completed),
@@ -352,6 +375,9 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
         n_incomplete=("incomplete", "sum"),
         n_finished=("finished", "sum"),
         n_diverged=("diverged", "sum"),
+        n_trained=("trained", "sum"),
+        n_no_progress=("no_progress", "sum"),
+        baseline_val_metric=("baseline", "mean"),
         n_nonfinite=("nonfinite", "sum"),
         metric_mean=("metric", "mean"),
         metric_std=("metric", "std"),
@@ -376,13 +402,15 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     for k in [*key_order, *METRIC_COLUMNS]:
         out[k] = firsts[k]
     out["metric_lower_is_better"] = out["metric_lower_is_better"].astype(bool)
-    for c in ("n", "n_incomplete", "n_finished", "n_diverged", "n_nonfinite"):
+    for c in ("n", "n_incomplete", "n_finished", "n_diverged", "n_trained", "n_no_progress",
+              "n_nonfinite"):
         out[c] = agg[c].astype("int64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["divergence_rate"] = np.where(n > 0, agg["n_diverged"] / np.where(n > 0, n, 1), np.nan)
-        out["nan_rate"] = np.where(n > 0, agg["n_nonfinite"] / np.where(n > 0, n, 1), np.nan)
-    out["divergence_rate_lo"], out["divergence_rate_hi"] = wilson_interval(agg["n_diverged"], n)
-    out["nan_rate_lo"], out["nan_rate_hi"] = wilson_interval(agg["n_nonfinite"], n)
+    for rate, count in (("divergence_rate", "n_diverged"), ("trained_rate", "n_trained"),
+                        ("no_progress_rate", "n_no_progress"), ("nan_rate", "n_nonfinite")):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[rate] = np.where(n > 0, agg[count] / np.where(n > 0, n, 1), np.nan)
+        out[f"{rate}_lo"], out[f"{rate}_hi"] = wilson_interval(agg[count], n)
+    out["baseline_val_metric"] = agg["baseline_val_metric"].astype(float)
     for name, prefix in (("metric", "final_val_metric"), ("bpc", "final_val_bpc")):
         mean, std, count = agg[f"{name}_mean"], agg[f"{name}_std"], agg[f"{name}_count"]
         out[f"{prefix}_mean"] = mean.where(count > 0)
@@ -424,69 +452,3 @@ def varying_within(df: pd.DataFrame, by: Sequence[str], candidates: Sequence[str
         return [c for c in cand if tmp[c].nunique(dropna=False) > 1]
     g = tmp.groupby(by, dropna=False, sort=False)
     return [c for c in cand if (g[c].nunique(dropna=False) > 1).any()]
-
-
-def _lsl_group_columns(cells_df: pd.DataFrame) -> list[str]:
-    skip = set(STAT_COLUMNS) | {"cell", "optim.lr", "clip.max_norm", "clip.clip_value"}
-    cols = [c for c in cells_df.columns if c not in skip]
-    lead = [c for c in ("optim.name", "clip.method", "threshold") if c in cols]
-    # the metric columns keep one task group's rows apart from another's
-    metric = [c for c in METRIC_COLUMNS if c in cells_df.columns]
-    return lead + [c for c in cols if c not in lead] + metric
-
-
-def largest_stable_lr(cells_df: pd.DataFrame) -> pd.DataFrame:
-    """Per (optim.name, clip.method, threshold): the largest learning rate with no divergence.
-
-    A learning rate is stable when its cell has at least one run with a verdict and
-    none of them diverged (n >= 1 and n_diverged == 0). Every other non-statistic
-    column of ``cells_df`` is also a grouping key, so settings that differ in, say,
-    model size are never merged. Columns: the group keys, ``largest_stable_lr`` (NaN
-    when no lr was stable), ``n_at_largest_stable`` (seeds behind that verdict),
-    ``smallest_diverged_lr`` (NaN when none diverged), ``n_lrs`` (lrs with n >= 1).
-    If ``smallest_diverged_lr < largest_stable_lr`` the outcome was not monotone in lr.
-    """
-    group_cols = _lsl_group_columns(cells_df)
-    out_cols = [
-        *group_cols,
-        "largest_stable_lr",
-        "n_at_largest_stable",
-        "smallest_diverged_lr",
-        "n_lrs",
-    ]
-    if cells_df.empty or "optim.lr" not in cells_df.columns:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in out_cols})
-    df = cells_df.copy()
-    lr = pd.to_numeric(df["optim.lr"], errors="coerce").astype(float)
-    n = pd.to_numeric(df["n"], errors="coerce").fillna(0)
-    nd = pd.to_numeric(df["n_diverged"], errors="coerce").fillna(0)
-    stable = (n >= 1) & (nd == 0)
-    if group_cols:
-        gid = df[group_cols].astype(object).groupby(group_cols, dropna=False, sort=False).ngroup()
-    else:
-        gid = pd.Series(0, index=df.index)
-    work = pd.DataFrame(
-        {
-            "gid": gid,
-            "lr_stable": lr.where(stable),
-            "lr_div": lr.where(nd > 0),
-            "tested": (n >= 1).astype(int),
-            "n": n,
-            "lr": lr,
-        }
-    )
-    agg = work.groupby("gid", sort=True).agg(
-        largest_stable_lr=("lr_stable", "max"),
-        smallest_diverged_lr=("lr_div", "min"),
-        n_lrs=("tested", "sum"),
-    )
-    best = work[stable].sort_values(["gid", "lr"], kind="stable").groupby("gid").tail(1)
-    agg["n_at_largest_stable"] = best.set_index("gid")["n"].reindex(agg.index)
-    if group_cols:
-        keys = df.assign(gid=gid).groupby("gid", sort=True)[group_cols].first()
-        out = pd.concat([keys, agg], axis=1)
-    else:
-        out = agg
-    out["n_lrs"] = out["n_lrs"].astype("int64")
-    out = out[out_cols]
-    return sort_cells(out, group_cols)

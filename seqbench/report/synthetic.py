@@ -42,6 +42,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqbench.outcome import outcome
+
 DEFAULT_LRS: dict[str, tuple[float, ...]] = {
     "sgd": (0.1, 0.5, 2.0, 8.0),
     "adam": (0.001, 0.01, 0.1),
@@ -82,6 +84,8 @@ class SyntheticTask:
 
     ``success_at``: the task's success criterion on the final validation metric
     (below it when lower is better, at or above it otherwise); None: no criterion.
+    ``baseline``: the task's input-independent baseline (``baseline_val_metric``), set
+    so that the slowest-learning configurations end no better than it (``no_progress``).
     """
 
     name: str
@@ -91,6 +95,7 @@ class SyntheticTask:
     seq_len: int
     batch: int
     success_at: float | None = None
+    baseline: float = math.nan
 
     @property
     def text(self) -> bool:
@@ -98,9 +103,12 @@ class SyntheticTask:
 
 
 SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
-    "synthetic-chars": SyntheticTask("synthetic-chars", "bpc", "bits/char", True, 64, 16),
-    "adding": SyntheticTask("adding", "mse", "squared target units", True, 100, 32, 0.01),
-    "copy": SyntheticTask("copy", "accuracy", "fraction of symbols", False, 50, 32, 0.9),
+    "synthetic-chars": SyntheticTask("synthetic-chars", "bpc", "bits/char", True, 64, 16,
+                                     baseline=1.85),
+    "adding": SyntheticTask("adding", "mse", "squared target units", True, 100, 32, 0.01,
+                            baseline=0.17),
+    "copy": SyntheticTask("copy", "accuracy", "fraction of symbols", False, 50, 32, 0.9,
+                          baseline=0.6),
 }
 
 
@@ -399,6 +407,10 @@ def write_synthetic_sweep(
             },
             "final_val_metric": final,
             "best_val_metric": best,
+            "outcome": outcome(status, final, spec.baseline, spec.lower_is_better),
+            "baseline_val_metric": spec.baseline,
+            "baseline": "synthetic",
+            "initial_loss": float(loss[i, 0]),
             "task_success": success,
             "task_metrics": None
             if success is None
@@ -415,7 +427,8 @@ def write_synthetic_sweep(
             "error": None,
         }
         if legacy:
-            for k in ("metric", "final_val_metric", "best_val_metric", "task_success"):
+            for k in ("metric", "final_val_metric", "best_val_metric", "task_success",
+                      "outcome", "baseline_val_metric", "baseline", "initial_loss"):
                 del summary[k]
             del summary["task_metrics"]
         cols = {

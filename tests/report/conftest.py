@@ -6,7 +6,8 @@ import pytest
 
 from seqbench.report import make_report
 from seqbench.report.collect import collect_runs
-from seqbench.report.stats import cells, largest_stable_lr
+from seqbench.report.lr_summary import lr_summary
+from seqbench.report.stats import cells
 from seqbench.report.synthetic import write_synthetic_sweep
 
 
@@ -28,7 +29,7 @@ def cells_df(collected):
 
 @pytest.fixture(scope="session")
 def stable_df(cells_df):
-    return largest_stable_lr(cells_df)
+    return lr_summary(cells_df)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_writes_every_file(report, sweep):
-    for key in ("report_md", "report_html", "runs_csv", "cells_csv", "stable_lr_csv"):
+    for key in ("report_md", "report_html", "runs_csv", "cells_csv", "lr_summary_csv"):
         assert report.paths[key].is_file() and report.paths[key].stat().st_size > 0
     assert set(report.figures) == {
+        "lr_curves",
         "divergence_heatmap",
         "bpc_heatmap",
         "loss_curves",
@@ -54,8 +55,8 @@ def test_documents_content(report, collected):
     html = report.paths["report_html"].read_text(encoding="utf-8")
     html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:", html)
     for doc in (md, html):
-        assert "Largest stable learning rate" in doc
-        assert "raised the largest stable SGD learning rate from" in doc
+        assert "Learning rates: finite, trained, sensitivity" in doc
+        assert "raised the largest SGD learning rate at which every seed trained from" in doc
         assert "Unclipped SGD diverged in" in doc
         for rel in [*collected.corrupt["run_dir"], *collected.incomplete["run_dir"]]:
             assert rel in doc
@@ -71,7 +72,7 @@ def test_csvs_round_trip(report, cells_df, stable_df, collected):
     c = pd.read_csv(report.paths["cells_csv"])
     assert len(c) == len(cells_df) and "n" in c.columns
     assert c["final_val_bpc_mean"].isna().sum() == cells_df["final_val_bpc_mean"].isna().sum()
-    assert len(pd.read_csv(report.paths["stable_lr_csv"])) == len(stable_df)
+    assert len(pd.read_csv(report.paths["lr_summary_csv"])) == len(stable_df)
     r = pd.read_csv(report.paths["runs_csv"])
     assert len(r) == len(collected.runs) and {"run_dir", "status", "threshold", "cell"} <= set(
         r.columns
@@ -158,6 +159,7 @@ def test_only_corrupt_runs(tmp_path):
     res = make_report(tmp_path / "runs", tmp_path / "out")
     assert res.n_corrupt == 1 and res.n_runs == 0 and not res.figures
     assert set(res.skipped) == {
+        "lr_curves",
         "divergence_heatmap",
         "bpc_heatmap",
         "loss_curves",

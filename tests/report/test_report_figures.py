@@ -13,7 +13,8 @@ from matplotlib.colors import to_rgb
 
 from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
-from seqbench.report.stats import cells, largest_stable_lr
+from seqbench.report.lr_summary import lr_summary
+from seqbench.report.stats import cells
 from seqbench.report.synthetic import write_synthetic_sweep
 
 
@@ -145,7 +146,7 @@ def test_loss_curves_groups(sweep, collected, cells_df, stable_df):
         assert sub["optim.lr"].nunique() == 1
         assert (
             sub["optim.lr"].iloc[0]
-            == stable_df.loc[stable_df["optim.name"] == opt, "largest_stable_lr"].max()
+            == stable_df.loc[stable_df["optim.name"] == opt, "largest_finite_lr"].max()
         )
     plot = F.loss_curves(collected.runs, cells_df, stable_df, sweep.root)
     _labels_ok(plot.figure)
@@ -180,12 +181,13 @@ def test_make_figures_skips_with_notes_when_nothing_finished(tmp_path):
     assert (c["n_finished"] == 0).all()
     (tmp_path / "figs").mkdir()
     (tmp_path / "figs" / "bpc_heatmap.png").write_bytes(b"stale")
-    out = F.make_figures(res.runs, c, largest_stable_lr(c), sw.root, tmp_path / "figs")
+    out = F.make_figures(res.runs, c, lr_summary(c), sw.root, tmp_path / "figs")
     notes = {f.name: f.note for f in out if f.path is None}
     assert set(notes) == {"bpc_heatmap", "frontier", "param_grad_norms"}  # no param files
     assert all(n.startswith("skipped:") for n in notes.values())
     assert not (tmp_path / "figs" / "bpc_heatmap.png").exists()
     assert {f.name for f in out if f.path is not None} == {
+        "lr_curves",
         "divergence_heatmap",
         "loss_curves",
         "grad_norms",

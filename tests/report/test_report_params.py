@@ -28,8 +28,9 @@ from seqbench.report.collect import (
     collect_runs,
     load_param_metrics,
 )
+from seqbench.report.lr_summary import lr_summary
 from seqbench.report.render import DAMAGED_HEADING
-from seqbench.report.stats import cells, largest_stable_lr
+from seqbench.report.stats import cells
 from seqbench.report.synthetic import PARAM_NAMES, write_synthetic_sweep
 
 EVERY = 5
@@ -246,7 +247,7 @@ def _panel_runs(truth: pd.DataFrame, title: str) -> list[str]:
 def test_param_figure_one_line_per_tensor_with_the_right_points(psweep, pcollected):
     runs = pcollected.runs
     c = cells(runs)
-    plot = F.param_grad_norms(runs, c, largest_stable_lr(c), psweep.root)
+    plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)
     fig = plot.figure
     assert fig.get_suptitle() and fig.legends
     assert [t.get_text() for t in fig.legends[0].get_texts()] == list(PARAM_NAMES)
@@ -292,7 +293,7 @@ def test_param_figure_hue_survives_string_names(psweep, pcollected, monkeypatch)
     monkeypatch.setattr(F, "load_param_metrics", as_str)
     runs = pcollected.runs
     c = cells(runs)
-    plot = F.param_grad_norms(runs, c, largest_stable_lr(c), psweep.root)
+    plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)
     for ax in (a for a in plot.figure.axes if a.get_visible()):
         colours = [to_rgb(ln.get_color()) for ln in ax.lines if len(ln.get_xdata())]
         assert len(colours) == len(set(colours)) == len(PARAM_NAMES)
@@ -309,9 +310,9 @@ def test_param_figure_skipped_without_param_files(sweep, collected, cells_df, st
 
 def test_param_figure_without_row_counts_reads_the_files(psweep, pcollected):
     c = cells(pcollected.runs)
-    known = F.param_grad_norms(pcollected.runs, c, largest_stable_lr(c), psweep.root)
+    known = F.param_grad_norms(pcollected.runs, c, lr_summary(c), psweep.root)
     runs = pcollected.runs.drop(columns="param_metrics_rows")
-    plot = F.param_grad_norms(runs, c, largest_stable_lr(c), psweep.root)
+    plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)
     assert set(plot.data["name"]) == set(PARAM_NAMES)
     pd.testing.assert_frame_equal(plot.data, known.data)
 

@@ -1,4 +1,4 @@
-"""Interval estimates, cell aggregation and stable learning rates against hand-computed values."""
+"""Interval estimates and cell aggregation against hand-computed values."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from seqbench.report.stats import (
     Z95,
     cell_key_columns,
     cells,
-    largest_stable_lr,
     mean_t_interval,
     t_cdf,
     t_interval_from_summary,
@@ -337,73 +336,3 @@ def test_cells_on_sweep_match_truth(sweep, cells_df):
 
 
 # --------------------------------------------------------------------------- largest stable lr
-
-
-def _lsl_table() -> pd.DataFrame:
-    rows = []
-
-    def add(opt, method, thr, lr, n, nd):
-        rows.append(
-            {
-                "optim.name": opt,
-                "clip.method": method,
-                "threshold": thr,
-                "optim.lr": lr,
-                "n": n,
-                "n_diverged": nd,
-            }
-        )
-
-    for lr, nd in [(0.1, 0), (0.5, 0), (2.0, 1), (8.0, 3)]:
-        add("sgd", "none", math.nan, lr, 3, nd)
-    for lr, nd in [(0.1, 0), (0.5, 0), (2.0, 0), (8.0, 1)]:
-        add("sgd", "norm", 1.0, lr, 3, nd)
-    for lr in (0.1, 0.5):
-        add("sgd", "norm", 4.0, lr, 3, 3)
-    add("sgd", "value", 0.5, 0.1, 3, 1)  # not monotone: diverged at the small lr,
-    add("sgd", "value", 0.5, 0.5, 3, 0)  # stable at the larger one
-    add("adam", "none", math.nan, 0.001, 0, 0)  # no verdict yet: not evidence of stability
-    add("adam", "none", math.nan, 0.01, 2, 0)
-    return pd.DataFrame(rows)
-
-
-def test_largest_stable_lr_hand_table():
-    out = largest_stable_lr(_lsl_table())
-
-    def row(opt, method, thr):
-        sel = out[(out["optim.name"] == opt) & (out["clip.method"] == method)]
-        sel = sel[sel["threshold"].isna()] if thr is None else sel[sel["threshold"] == thr]
-        assert len(sel) == 1
-        return sel.iloc[0]
-
-    r = row("sgd", "none", None)
-    assert (
-        r["largest_stable_lr"],
-        r["smallest_diverged_lr"],
-        r["n_at_largest_stable"],
-        r["n_lrs"],
-    ) == (0.5, 2.0, 3, 4)
-    r = row("sgd", "norm", 1.0)
-    assert (r["largest_stable_lr"], r["smallest_diverged_lr"]) == (2.0, 8.0)
-    r = row("sgd", "norm", 4.0)
-    assert math.isnan(r["largest_stable_lr"]) and r["smallest_diverged_lr"] == 0.1
-    assert math.isnan(r["n_at_largest_stable"])
-    r = row("sgd", "value", 0.5)
-    assert (r["largest_stable_lr"], r["smallest_diverged_lr"]) == (0.5, 0.1)
-    r = row("adam", "none", None)
-    assert r["largest_stable_lr"] == 0.01 and r["n_at_largest_stable"] == 2 and r["n_lrs"] == 1
-    assert math.isnan(r["smallest_diverged_lr"])
-    assert len(out) == 5
-
-
-def test_largest_stable_lr_keeps_other_settings_apart():
-    a = _lsl_table().assign(**{"model.hidden_size": 32})
-    b = _lsl_table().assign(**{"model.hidden_size": 256, "n_diverged": 3})
-    out = largest_stable_lr(pd.concat([a, b], ignore_index=True))
-    assert len(out) == 10
-    big = out[out["model.hidden_size"] == 256]
-    assert big["largest_stable_lr"].isna().all()
-
-
-def test_largest_stable_lr_empty():
-    assert largest_stable_lr(pd.DataFrame(columns=["optim.name", "n", "n_diverged"])).empty

@@ -106,7 +106,7 @@ def test_sweep_on_slurm_reports_what_the_basic_launcher_reports(smoke):
     s, b = smoke.slurm, smoke.basic
     assert b.rc == 1, b.log  # the raise-policy run is an error in both
     assert s.rc == 1, f"{s.log}\n{diagnostics(s.cwd)}"
-    for table in ("runs.csv", "cells.csv", "stable_lr.csv"):
+    for table in ("runs.csv", "cells.csv", "lr_summary.csv"):
         on_slurm, basic = report_table(s.report, table), report_table(b.report, table)
         assert list(on_slurm.columns) == list(basic.columns), table
         pd.testing.assert_frame_equal(on_slurm, basic, check_exact=False, rtol=1e-9,

@@ -1,0 +1,223 @@
+"""The sentences a report opens with about learning rates and outcomes.
+
+Every sentence is generated from the tables (``lr_summary.csv`` and ``cells.csv``) and
+claims no more than they show. Two claims are kept apart because readers act on them
+differently: a setting *kept training finite* (no seed diverged) and a setting
+*trained* (every seed ended better than the task's input-independent baseline). Where
+learning rates are compared, the grid's edge is named (the limit may lie beyond it);
+LR sensitivity carries its bootstrap interval and says when intervals overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from seqbench.report import _format as fmt
+from seqbench.report.tasks import BPC, MetricInfo
+
+#: How many configurations a "did not learn" sentence names before it counts the rest.
+MAX_NAMED = 4
+
+
+def _same(a: object, b: object) -> bool:
+    return (fmt.is_missing(a) and fmt.is_missing(b)) or a == b
+
+
+def _phrase(rec: dict) -> str:
+    return fmt.clip_phrase(rec["clip.method"], rec.get("threshold"))
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _edge(lr: float, max_lr: float) -> str:
+    return ", the largest rate tried (the limit may be higher)" if lr == max_lr else ""
+
+
+def baseline_words(cells: Sequence[dict], metric: MetricInfo = BPC) -> str:
+    """``the 4.81 bits/char baseline`` (or ``the baseline`` when it is unknown)."""
+    values = sorted({round(float(c["baseline_val_metric"]), 6) for c in cells
+                     if not fmt.is_missing(c.get("baseline_val_metric"))})
+    if len(values) == 1:
+        unit = metric.unit if metric.is_text else metric.label
+        return f"the {fmt.num(values[0])} {unit} baseline"
+    return "the task's baseline"
+
+
+def finite_vs_trained(name: str, rec: dict, cells: Sequence[dict], max_lr: float,
+                      metric: MetricInfo = BPC) -> str:
+    """Unclipped: how far up the lr training stayed finite, and how far it trained."""
+    finite, trained = rec["largest_finite_lr"], rec["largest_trained_lr"]
+    base = baseline_words(cells, metric)
+    k = int(rec["n_seeds"])
+    n = (f"at least {k} seed{'s' if k != 1 else ''} at each of {fmt.num(rec['n_lrs'])} "
+         "learning rates")
+    if fmt.is_missing(finite):
+        return f"Without clipping, {name} ({n}) diverged at every learning rate tried."
+    head = f"Without clipping, {name} ({n}) kept training finite up to lr {fmt.lr(finite)}"
+    if fmt.is_missing(trained):
+        return (f"{head}{_edge(finite, max_lr)}, but at no learning rate did every seed "
+                f"beat {base}.")
+    if trained == finite:
+        return (f"{head} and trained (every seed beat {base}) up to the same rate"
+                f"{_edge(finite, max_lr)}.")
+    return (f"{head}{_edge(finite, max_lr)}, but trained (every seed beat {base}) only up "
+            f"to lr {fmt.lr(trained)}.")
+
+
+def trained_lr_gain(name: str, recs: Sequence[dict], score_at, max_lr: float) -> str | None:
+    """The clip setting that most raises the largest lr at which every seed trained."""
+    base = [r for r in recs if r["clip.method"] == "none"]
+    clipped = [r for r in recs if r["clip.method"] != "none"
+               and not fmt.is_missing(r["largest_trained_lr"])]
+    if not clipped:
+        if any(r["clip.method"] != "none" for r in recs):
+            return (f"With clipping, at no learning rate did every {name} seed train, "
+                    "whichever clip setting was used.")
+        return None
+    best = min(clipped, key=lambda r: (-r["largest_trained_lr"],
+                                       score_at(r, r["largest_trained_lr"])))
+    b_lr = best["largest_trained_lr"]
+    ties = [_phrase(r) for r in clipped if r is not best and r["largest_trained_lr"] == b_lr]
+    tail = _edge(b_lr, max_lr)
+    if ties:
+        tail += f"; {fmt.join(ties)} reached it too"
+    finite = best["largest_finite_lr"]
+    if not fmt.is_missing(finite) and finite > b_lr:
+        tail += f"; it kept training finite up to lr {fmt.lr(finite)}"
+    n = f"{fmt.num(best['n_at_largest_trained'])} of {fmt.num(best['n_at_largest_trained'])}"
+    a_lr = base[0]["largest_trained_lr"] if len(base) == 1 else math.nan
+    if len(base) != 1:
+        return (f"With no unclipped runs to compare with, the largest {name} learning rate "
+                f"at which every seed trained was {fmt.lr(b_lr)}, with {_phrase(best)}"
+                f"{tail}.")
+    if fmt.is_missing(a_lr):
+        return (f"Unclipped {name} trained at no learning rate tried; with {_phrase(best)} "
+                f"every seed trained up to lr {fmt.lr(b_lr)} ({n} seeds there){tail}.")
+    if b_lr > a_lr:
+        return (f"{_cap(_phrase(best))} raised the largest {name} learning rate at which "
+                f"every seed trained from {fmt.lr(a_lr)} to {fmt.lr(b_lr)} "
+                f"({b_lr / a_lr:.3g}×, {n} seeds there){tail}.")
+    return (f"No clip setting raised the largest {name} learning rate at which every seed "
+            f"trained above {fmt.lr(a_lr)}, the unclipped value{_edge(a_lr, max_lr)}.")
+
+
+def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC) -> str | None:
+    """The setting whose final loss depends least on the lr, with its interval."""
+    have = [r for r in recs if not fmt.is_missing(r["lr_sensitivity"]) and r["n_lrs"] >= 2]
+    if len(have) < 2:
+        return None
+    have.sort(key=lambda r: r["lr_sensitivity"])
+    best, runner = have[0], have[1]
+    unit = "nats" if metric.is_text else "in the task's loss"
+
+    def val(r: dict) -> str:
+        text = fmt.interval(r["lr_sensitivity"], r["lr_sensitivity_lo"], r["lr_sensitivity_hi"])
+        if "[" in text:
+            m, rest = text.split(" [", 1)
+            a, b = rest.rstrip("]").split(", ")
+            return f"{m} (95% bootstrap interval {a}–{b})"
+        return text
+
+    none = [r for r in have if r["clip.method"] == "none" and r is not best]
+    versus = f"; without clipping {val(none[0])}" if none else ""
+    overlap = ""
+    hi, lo = best["lr_sensitivity_hi"], runner["lr_sensitivity_lo"]
+    if not (fmt.is_missing(hi) or fmt.is_missing(lo)):
+        if hi >= lo:
+            overlap = (f"; its interval overlaps that of {_phrase(runner)} "
+                       f"({fmt.num(runner['lr_sensitivity'])}), so the order of the two is "
+                       "not settled")
+    return (f"The least LR-sensitive {name} setting was {_phrase(best)}: LR sensitivity "
+            f"{val(best)} {unit} over {fmt.num(best['n_lrs'])} learning rates "
+            f"(at least {fmt.num(best['n_seeds'])} seeds each){versus}{overlap}. LR "
+            "sensitivity is "
+            "the mean excess of the final validation loss over the grid's best (Wortsman et "
+            "al. 2023); a diverged run counts at its initial loss.")
+
+
+def not_learned(cells: Sequence[dict], extra: Sequence[str], setting_phrase,
+                metric: MetricInfo = BPC) -> str | None:
+    """Configurations where every run finished no better than the baseline."""
+    dead = [c for c in cells if c["n"] > 0 and c.get("n_no_progress", 0) == c["n"]]
+    if not dead:
+        return None
+    named = [f"{setting_phrase(c, extra)} ({int(c['n'])} of {int(c['n'])})"
+             for c in dead[:MAX_NAMED]]
+    more = f" and {len(dead) - MAX_NAMED} more" if len(dead) > MAX_NAMED else ""
+    k = len(dead)
+    return (f"{k} configuration{'s' if k != 1 else ''} did not learn: every run finished "
+            f"without diverging but no better than {baseline_words(cells, metric)}: "
+            f"{'; '.join(named)}{more}.")
+
+
+def outcome_counts(cells: Sequence[dict], metric: MetricInfo = BPC) -> str | None:
+    """How many runs trained, made no progress, or diverged, over the whole task."""
+    n = sum(int(c["n"]) for c in cells)
+    if not n:
+        return None
+    t = sum(int(c.get("n_trained", 0)) for c in cells)
+    p = sum(int(c.get("n_no_progress", 0)) for c in cells)
+    d = sum(int(c["n_diverged"]) for c in cells)
+    unknown = n - t - p - d
+    tail = f"; {unknown} completed runs have no known outcome (no baseline)" if unknown else ""
+    return (f"Of {n} run{'s' if n != 1 else ''} with a verdict, {t} trained (ended better than "
+            f"{baseline_words(cells, metric)}), {p} finished without diverging but no better, "
+            f"and {d} diverged{tail}.")
+
+
+def divergence_counts(name: str, recs: Sequence[dict], ctx_cells: Sequence[dict]
+                      ) -> str | None:
+    """Divergences without clipping, and with the setting that trains furthest, at the
+    same learning rates."""
+    none_cells = [c for c in ctx_cells if c.get("clip.method") == "none"]
+    n = sum(int(c["n"]) for c in none_cells)
+    if not n:
+        return None
+    k = sum(int(c["n_diverged"]) for c in none_cells)
+    n_lr = len(none_cells)
+    out = (f"Unclipped {name} diverged in {k} of {n} runs across {n_lr} learning "
+           f"rate{'s' if n_lr != 1 else ''}")
+    clipped = [r for r in recs if r["clip.method"] != "none"]
+    if clipped:
+        best = max(clipped, key=lambda r: (
+            -math.inf if fmt.is_missing(r["largest_trained_lr"]) else r["largest_trained_lr"],
+            -math.inf if fmt.is_missing(r["largest_finite_lr"]) else r["largest_finite_lr"]))
+        lrs = {c["optim.lr"] for c in none_cells}
+        same = [c for c in ctx_cells if c.get("clip.method") == best["clip.method"]
+                and _same(c.get("threshold"), best.get("threshold")) and c["optim.lr"] in lrs]
+        k2, n2 = sum(int(c["n_diverged"]) for c in same), sum(int(c["n"]) for c in same)
+        if n2:
+            out += f"; with {_phrase(best)} at the same rates, {k2} of {n2}"
+    return out + "."
+
+
+def context_sentences(name: str, recs: list[dict], ctx_cells: list[dict],
+                      metric: MetricInfo = BPC) -> list[str]:
+    """The lr sentences for one optimizer (and swept non-clip setting)."""
+    out: list[str] = []
+    max_lr = max((c["optim.lr"] for c in ctx_cells), default=math.nan)
+
+    def score_at(r: dict, lr: float) -> float:
+        for c in ctx_cells:
+            if (c.get("clip.method") == r["clip.method"]
+                    and _same(c.get("threshold"), r.get("threshold")) and c["optim.lr"] == lr):
+                return float(metric.score([c["final_val_metric_mean"]])[0])
+        return math.inf
+
+    base = [r for r in recs if r["clip.method"] == "none"]
+    if len(base) == 1:
+        none_cells = [c for c in ctx_cells if c.get("clip.method") == "none"]
+        out.append(finite_vs_trained(name, base[0], none_cells, max_lr, metric))
+    gain = trained_lr_gain(name, recs, score_at, max_lr)
+    if gain:
+        out.append(gain)
+    counts = divergence_counts(name, recs, ctx_cells)
+    if counts:
+        out.append(counts)
+    sens = least_sensitive(name, recs, metric)
+    if sens:
+        out.append(sens)
+    return out
