@@ -122,6 +122,8 @@ def clip_phrase(method: object, threshold: object) -> str:
         if is_missing(threshold):
             return "relative norm clipping"
         return f"norm clipping at {lr(threshold)}x the median gradient norm"
+    if m in _CLIP_NAMES:  # methods named after their source, with no single threshold
+        return _CLIP_NAMES[m]
     if m == "norm_per_tensor":
         name = "per-tensor norm"
     elif m == "norm":
@@ -131,6 +133,11 @@ def clip_phrase(method: object, threshold: object) -> str:
     if is_missing(threshold):
         return f"{name} clipping"
     return f"{name} clipping at {lr(threshold)}"
+
+
+_CLIP_NAMES = {"autoclip": "AutoClip", "agc": "adaptive gradient clipping (AGC)",
+               "zclip": "ZClip", "combined": "combined value and norm clipping",
+               "graves": "Graves' per-group clipping"}
 
 
 _METRIC_NAMES = {

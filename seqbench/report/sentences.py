@@ -24,9 +24,21 @@ def _context_cols(stable_df: pd.DataFrame) -> list[str]:
     return lead + varying_within(stable_df, lead, cols)
 
 
+_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN"}
+
+
 def _context_name(rec: dict, cols: Sequence[str]) -> str:
+    """``SGD``, ``SGD with momentum 0.9 on the tanh RNN``, ``Adam (model.hidden_size=64)``."""
     name = fmt.optimizer(rec.get("optim.name")) if "optim.name" in cols else "the model"
-    extra = [f"{c}={fmt.num(rec[c])}" for c in cols if c != "optim.name"]
+    rest = [c for c in cols if c != "optim.name" and not fmt.is_missing(rec.get(c))]
+    if "optim.momentum" in rest:
+        rest.remove("optim.momentum")
+        if rec["optim.momentum"]:
+            name += f" with momentum {fmt.num(rec['optim.momentum'])}"
+    if "model.cell" in rest:
+        rest.remove("model.cell")
+        name += f" on the {_CELLS.get(str(rec['model.cell']), str(rec['model.cell']))}"
+    extra = [f"{c}={rec[c] if isinstance(rec[c], str) else fmt.num(rec[c])}" for c in rest]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 

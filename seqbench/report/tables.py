@@ -75,9 +75,12 @@ def _config_cols(df: pd.DataFrame) -> list[str]:
 
 
 def _distinguishing(df: pd.DataFrame) -> list[str]:
-    """Config columns beyond the usual coordinates that tell rows apart."""
+    """Config columns beyond the usual coordinates that tell rows apart: those that take
+    several values for one optimizer and clip setting, whatever the lr (SGD with and
+    without momentum over learning-rate grids that do not overlap is still two things,
+    and a row must say which)."""
     cols = [c for c in _config_cols(df) if c not in _COORDS]
-    return varying_within(df, _COORDS, cols)
+    return varying_within(df, [c for c in _COORDS if c != "optim.lr"], cols)
 
 
 def _constant_settings(cells_df: pd.DataFrame) -> list[tuple[str, str]]:

@@ -28,10 +28,6 @@ def _phrase(rec: dict) -> str:
     return fmt.clip_phrase(rec["clip.method"], rec.get("threshold"))
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def _edge(lr: float, max_lr: float) -> str:
     return ", the largest rate tried (the limit may be higher)" if lr == max_lr else ""
 
@@ -51,9 +47,9 @@ def finite_vs_trained(name: str, rec: dict, cells: Sequence[dict], max_lr: float
     """Unclipped: how far up the lr training stayed finite, and how far it trained."""
     finite, trained = rec["largest_finite_lr"], rec["largest_trained_lr"]
     base = baseline_words(cells, metric)
-    k = int(rec["n_seeds"])
-    n = (f"at least {k} seed{'s' if k != 1 else ''} at each of {fmt.num(rec['n_lrs'])} "
-         "learning rates")
+    k, lrs = int(rec["n_seeds"]), int(rec["n_lrs"])
+    n = (f"at least {k} seed{'s' if k != 1 else ''} at each of {lrs} learning rates"
+         if lrs != 1 else f"{k} seed{'s' if k != 1 else ''} at its one learning rate")
     if fmt.is_missing(finite):
         return f"Without clipping, {name} ({n}) diverged at every learning rate tried."
     head = f"Without clipping, {name} ({n}) kept training finite up to lr {fmt.lr(finite)}"
@@ -67,18 +63,32 @@ def finite_vs_trained(name: str, rec: dict, cells: Sequence[dict], max_lr: float
             f"to lr {fmt.lr(trained)}.")
 
 
-def trained_lr_gain(name: str, recs: Sequence[dict], score_at, max_lr: float) -> str | None:
+def best_clipped(recs: Sequence[dict], score_at) -> dict | None:
+    """The clip setting that trains furthest up the lr (ties: the better final metric
+    there, then the one that stays finite furthest); None when none trains anywhere."""
+    clipped = [r for r in recs if r["clip.method"] != "none"
+               and not fmt.is_missing(r["largest_trained_lr"])]
+    if not clipped:
+        return None
+
+    def finite(r: dict) -> float:
+        return -math.inf if fmt.is_missing(r["largest_finite_lr"]) else r["largest_finite_lr"]
+
+    return min(clipped, key=lambda r: (-r["largest_trained_lr"],
+                                       score_at(r, r["largest_trained_lr"]), -finite(r)))
+
+
+def trained_lr_gain(name: str, recs: Sequence[dict], best: dict | None,
+                    max_lr: float) -> str | None:
     """The clip setting that most raises the largest lr at which every seed trained."""
     base = [r for r in recs if r["clip.method"] == "none"]
     clipped = [r for r in recs if r["clip.method"] != "none"
                and not fmt.is_missing(r["largest_trained_lr"])]
-    if not clipped:
+    if best is None:
         if any(r["clip.method"] != "none" for r in recs):
-            return (f"With clipping, at no learning rate did every {name} seed train, "
-                    "whichever clip setting was used.")
+            return (f"For {name}, at no learning rate did every seed train with any clip "
+                    "setting.")
         return None
-    best = min(clipped, key=lambda r: (-r["largest_trained_lr"],
-                                       score_at(r, r["largest_trained_lr"])))
     b_lr = best["largest_trained_lr"]
     ties = [_phrase(r) for r in clipped if r is not best and r["largest_trained_lr"] == b_lr]
     tail = _edge(b_lr, max_lr)
@@ -90,18 +100,18 @@ def trained_lr_gain(name: str, recs: Sequence[dict], score_at, max_lr: float) ->
     n = f"{fmt.num(best['n_at_largest_trained'])} of {fmt.num(best['n_at_largest_trained'])}"
     a_lr = base[0]["largest_trained_lr"] if len(base) == 1 else math.nan
     if len(base) != 1:
-        return (f"With no unclipped runs to compare with, the largest {name} learning rate "
-                f"at which every seed trained was {fmt.lr(b_lr)}, with {_phrase(best)}"
+        return (f"For {name}, with no unclipped runs to compare with, the largest learning "
+                f"rate at which every seed trained was {fmt.lr(b_lr)}, with {_phrase(best)}"
                 f"{tail}.")
     if fmt.is_missing(a_lr):
         return (f"Unclipped {name} trained at no learning rate tried; with {_phrase(best)} "
                 f"every seed trained up to lr {fmt.lr(b_lr)} ({n} seeds there){tail}.")
     if b_lr > a_lr:
-        return (f"{_cap(_phrase(best))} raised the largest {name} learning rate at which "
+        return (f"For {name}, {_phrase(best)} raised the largest learning rate at which "
                 f"every seed trained from {fmt.lr(a_lr)} to {fmt.lr(b_lr)} "
                 f"({b_lr / a_lr:.3g}×, {n} seeds there){tail}.")
-    return (f"No clip setting raised the largest {name} learning rate at which every seed "
-            f"trained above {fmt.lr(a_lr)}, the unclipped value{_edge(a_lr, max_lr)}.")
+    return (f"For {name}, no clip setting raised the largest learning rate at which every "
+            f"seed trained above {fmt.lr(a_lr)}, the unclipped value{_edge(a_lr, max_lr)}.")
 
 
 def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC) -> str | None:
@@ -130,7 +140,7 @@ def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC) -
             overlap = (f"; its interval overlaps that of {_phrase(runner)} "
                        f"({fmt.num(runner['lr_sensitivity'])}), so the order of the two is "
                        "not settled")
-    return (f"The least LR-sensitive {name} setting was {_phrase(best)}: LR sensitivity "
+    return (f"For {name}, the least LR-sensitive setting was {_phrase(best)}: LR sensitivity "
             f"{val(best)} {unit} over {fmt.num(best['n_lrs'])} learning rates "
             f"(at least {fmt.num(best['n_seeds'])} seeds each){versus}{overlap}. LR "
             "sensitivity is "
@@ -168,10 +178,10 @@ def outcome_counts(cells: Sequence[dict], metric: MetricInfo = BPC) -> str | Non
             f"and {d} diverged{tail}.")
 
 
-def divergence_counts(name: str, recs: Sequence[dict], ctx_cells: Sequence[dict]
+def divergence_counts(name: str, best: dict | None, ctx_cells: Sequence[dict]
                       ) -> str | None:
-    """Divergences without clipping, and with the setting that trains furthest, at the
-    same learning rates."""
+    """Divergences without clipping, and with the setting that trains furthest (the one
+    the sentence before names), at the same learning rates."""
     none_cells = [c for c in ctx_cells if c.get("clip.method") == "none"]
     n = sum(int(c["n"]) for c in none_cells)
     if not n:
@@ -180,11 +190,7 @@ def divergence_counts(name: str, recs: Sequence[dict], ctx_cells: Sequence[dict]
     n_lr = len(none_cells)
     out = (f"Unclipped {name} diverged in {k} of {n} runs across {n_lr} learning "
            f"rate{'s' if n_lr != 1 else ''}")
-    clipped = [r for r in recs if r["clip.method"] != "none"]
-    if clipped:
-        best = max(clipped, key=lambda r: (
-            -math.inf if fmt.is_missing(r["largest_trained_lr"]) else r["largest_trained_lr"],
-            -math.inf if fmt.is_missing(r["largest_finite_lr"]) else r["largest_finite_lr"]))
+    if best is not None:
         lrs = {c["optim.lr"] for c in none_cells}
         same = [c for c in ctx_cells if c.get("clip.method") == best["clip.method"]
                 and _same(c.get("threshold"), best.get("threshold")) and c["optim.lr"] in lrs]
@@ -211,10 +217,11 @@ def context_sentences(name: str, recs: list[dict], ctx_cells: list[dict],
     if len(base) == 1:
         none_cells = [c for c in ctx_cells if c.get("clip.method") == "none"]
         out.append(finite_vs_trained(name, base[0], none_cells, max_lr, metric))
-    gain = trained_lr_gain(name, recs, score_at, max_lr)
+    best = best_clipped(recs, score_at)
+    gain = trained_lr_gain(name, recs, best, max_lr)
     if gain:
         out.append(gain)
-    counts = divergence_counts(name, recs, ctx_cells)
+    counts = divergence_counts(name, best, ctx_cells)
     if counts:
         out.append(counts)
     sens = least_sensitive(name, recs, metric)

@@ -56,7 +56,7 @@ def test_documents_content(report, collected):
     html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:", html)
     for doc in (md, html):
         assert "Learning rates: finite, trained, sensitivity" in doc
-        assert "raised the largest SGD learning rate at which every seed trained from" in doc
+        assert "raised the largest learning rate at which every seed trained from" in doc
         assert "Unclipped SGD diverged in" in doc
         for rel in [*collected.corrupt["run_dir"], *collected.incomplete["run_dir"]]:
             assert rel in doc

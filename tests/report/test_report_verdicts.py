@@ -121,10 +121,10 @@ def test_finite_and_trained_are_separate_claims_with_counts(report):
 
 
 def test_the_clip_setting_that_most_raises_the_largest_trained_lr_is_named(report):
-    assert sentence(report, "Global norm clipping") == (
-        "Global norm clipping at 1 raised the largest SGD learning rate at which every seed "
-        "trained from 1 to 16 (16×, 2 of 2 seeds there), the largest rate tried (the limit "
-        "may be higher).")
+    assert sentence(report, "For SGD, global norm clipping") == (
+        "For SGD, global norm clipping at 1 raised the largest learning rate at which every "
+        "seed trained from 1 to 16 (16×, 2 of 2 seeds there), the largest rate tried (the "
+        "limit may be higher).")
 
 
 def test_a_configuration_where_every_run_made_no_progress_did_not_learn(report):
@@ -151,10 +151,11 @@ def test_the_least_lr_sensitive_setting_is_named_with_its_interval(report):
             sens[method][1:], abs=1e-12)
     best = min(sens, key=lambda m: sens[m][0])
     assert best == "norm"
-    text = sentence(report, "The least LR-sensitive SGD setting")
+    text = sentence(report, "For SGD, the least LR-sensitive setting")
     v, lo, hi = sens["norm"]
     n0, lo0, hi0 = sens["none"]
-    pattern = (r"The least LR-sensitive SGD setting was global norm clipping at 1: LR sensitivity "
+    pattern = (r"For SGD, the least LR-sensitive setting was global norm clipping at 1: LR "
+               r"sensitivity "
                r"(\S+) \(95% bootstrap interval (\S+)–(\S+)\) nats over 3 learning rates "
                r"\(at least 2 seeds each\); without clipping (\S+) \(95% bootstrap interval "
                r"(\S+)–(\S+)\)\. ")
@@ -200,3 +201,33 @@ def test_an_old_runs_directory_without_outcomes_still_reports(tmp_path):
     assert ("3 runs were written before runs recorded their outcome; their outcomes were "
             "derived here from the run's own final metric and its task's baseline, "
             "recomputed from the data.") in lines
+
+
+def test_the_divergence_counts_compare_with_the_setting_named_before(report):
+    assert sentence(report, "Unclipped SGD diverged") == (
+        "Unclipped SGD diverged in 2 of 6 runs across 3 learning rates; with global norm "
+        "clipping at 1 at the same rates, 0 of 6.")
+
+
+def test_methods_without_one_threshold_are_named_as_their_sources_name_them():
+    from seqbench.report import _format as fmt
+
+    assert fmt.clip_phrase("autoclip", None) == "AutoClip"
+    assert fmt.clip_phrase("zclip", None) == "ZClip"
+    assert fmt.clip_phrase("norm", 1.0) == "global norm clipping at 1"
+    assert fmt.clip_phrase("norm_per_tensor", 1.0) == "per-tensor norm clipping at 1"
+    assert fmt.clip_short("norm_per_tensor", 1.0) == "per-tensor norm 1"
+
+
+def test_per_tensor_norm_clipping_is_reported_as_its_own_method(tmp_path):
+    from seqbench.report.collect import collect_runs
+
+    for scope in ("global", "per_tensor"):
+        d = tmp_path / scope
+        write_run(d, "norm", 1.0, 1, 0, 2.0)
+        summary = json.loads((d / "summary.json").read_text())
+        summary["config"]["clip.scope"] = scope
+        (d / "summary.json").write_text(json.dumps(summary))
+    runs = collect_runs(tmp_path).runs.set_index("clip.scope")
+    assert runs.loc["global", "clip.method"] == "norm"
+    assert runs.loc["per_tensor", "clip.method"] == "norm_per_tensor"
