@@ -268,10 +268,11 @@ def test_other_config_keys_become_panels_never_averaged():
     both = pd.concat([small, big], ignore_index=True)
     plot = F.lr_curves(both)
     panels = _panels(plot.figure)
+    # each optimizer a row of its own, its settings across
     assert [ax.get_title() for ax in panels] == [
         "Adam · model.hidden_size=32",
-        "SGD · model.hidden_size=32",
         "Adam · model.hidden_size=256",
+        "SGD · model.hidden_size=32",
         "SGD · model.hidden_size=256",
     ]
     for ax in panels:
@@ -380,3 +381,17 @@ def test_two_tasks_make_two_figures(tmp_path, monkeypatch):
         ] == [base]
         assert fmt.metric(name) in fig.get_suptitle()
     assert "mean squared error" in mine[0].caption and "bits per character" in mine[1].caption
+
+
+def test_settings_an_optimizer_lacks_give_it_no_empty_panels():
+    """SGD with and without momentum over grids that do not overlap are two panels, never
+    one line; Adam (no momentum) gets one panel, not one per momentum value."""
+    sgd = make_cells()
+    sgd = sgd[sgd["optim.name"] == "sgd"]
+    plain = sgd.assign(**{"optim.momentum": 0.0})
+    heavy = sgd.assign(**{"optim.momentum": 0.9, "optim.lr": sgd["optim.lr"] / 10})
+    adam = make_cells()
+    adam = adam[adam["optim.name"] == "adam"].assign(**{"optim.momentum": np.nan})
+    plot = F.lr_curves(pd.concat([plain, heavy, adam], ignore_index=True))
+    titles = [ax.get_title() for ax in _panels(plot.figure)]
+    assert titles == ["Adam", "SGD · no momentum", "SGD · momentum 0.9"]

@@ -110,14 +110,17 @@ def _config_key_columns(cells_df: pd.DataFrame) -> list[str]:
 
 
 def facet_columns(cells_df: pd.DataFrame) -> list[str]:
-    """Config columns that vary among cells with the same optimizer, method, threshold and lr.
+    """Config columns that vary among cells with the same optimizer, method and threshold.
 
     Those must become part of a panel's identity, or two cells would share one heatmap
-    square (e.g. a sweep over model sizes).
+    square (e.g. a sweep over model sizes), or one line would join configurations that
+    differ (SGD with and without momentum, each over its own learning-rate grid: the
+    grids need not overlap for the two to be different experiments).
     """
-    coords = ["optim.name", "clip.method", "threshold", "optim.lr"]
+    coords = ["optim.name", "clip.method", "threshold"]
     extra = [
-        c for c in _config_key_columns(cells_df) if c not in ("clip.max_norm", "clip.clip_value")
+        c for c in _config_key_columns(cells_df)
+        if c not in ("clip.max_norm", "clip.clip_value", "optim.lr")
     ]
     return varying_within(cells_df, coords, extra)
 

@@ -124,7 +124,10 @@ def figure_table(cells_df: pd.DataFrame, facets: list[str]) -> pd.DataFrame:
         )
     df["mean"] = df["mean"].where((df["n_finished"] > 0) & np.isfinite(df["mean"]))
     df["label"] = [fmt.clip_short(m, t) for m, t in zip(df["method"], df["threshold"], strict=True)]
-    df["facet"] = list(zip(*[df[c] for c in facets], strict=True)) if facets else [()] * len(df)
+    # None, not NaN, for a setting a configuration lacks (momentum for Adam): NaN != NaN,
+    # so tuples holding NaN would make one panel per row
+    df["facet"] = (list(zip(*[df[c].astype(object).where(df[c].notna(), None) for c in facets],
+                            strict=True)) if facets else [()] * len(df))
     # never average: configurations a facet cannot tell apart get lines of their own
     dup = df.groupby([df["optim"], df["facet"], df["label"], df["lr"]], sort=False).cumcount()
     df["label"] = [
@@ -150,25 +153,46 @@ def line_styles(df: pd.DataFrame) -> tuple[dict[str, Style], list[str]]:
 
 @dataclass(frozen=True)
 class Grid:
-    """The panels drawn: optimizers as columns, facet values as rows, at most MAX_PANELS."""
+    """The panels drawn, (optimizer, facet values) pairs that hold cells, in reading
+    order, at most MAX_PANELS; ``slots`` lays them out ``ncols`` a row (None: an empty
+    place, so that each optimizer starts a row of its own when it has several)."""
 
-    optimizers: list[str]
-    rows: list[tuple]
+    slots: list[tuple[str, tuple] | None]
+    ncols: int
     omitted: int  # panels not drawn
+
+    @property
+    def panels(self) -> list[tuple[str, tuple]]:
+        return [p for p in self.slots if p is not None]
+
+    @property
+    def nrows(self) -> int:
+        return -(-len(self.slots) // self.ncols)
 
     def shows(self, df: pd.DataFrame) -> pd.Series:
         """Which rows of ``df`` are in a drawn panel."""
-        return df["optim"].isin(self.optimizers) & df["facet"].isin(self.rows)
+        keys = pd.Series(list(zip(df["optim"], df["facet"], strict=True)), index=df.index)
+        return keys.isin(set(self.panels))
 
 
 def panel_grid(df: pd.DataFrame) -> Grid:
-    """Every optimizer a column (up to MAX_PANELS), then as many facet rows as still fit:
-    more panels would not be readable; those left out are counted in title and caption."""
-    all_opts = sorted(set(df["optim"]))
-    all_rows = sorted(set(df["facet"]), key=_facet_sort_key)
-    optimizers = all_opts[:MAX_PANELS]
-    rows = all_rows[: max(1, MAX_PANELS // len(optimizers))]
-    return Grid(optimizers, rows, len(all_opts) * len(all_rows) - len(optimizers) * len(rows))
+    """One panel per optimizer and facet values that have cells (an optimizer never gets
+    an empty panel for a setting only another optimizer has), optimizer by optimizer;
+    one row per optimizer when there are facets, else the optimizers side by side. More
+    than MAX_PANELS would not be readable: those left out are counted in title and
+    caption."""
+    pairs = sorted(set(zip(df["optim"], df["facet"], strict=True)),
+                   key=lambda p: (p[0], _facet_sort_key(p[1])))
+    shown = pairs[:MAX_PANELS]
+    per_opt = max(sum(1 for p in shown if p[0] == o) for o in {p[0] for p in shown})
+    if per_opt == 1:  # no facets: the optimizers side by side
+        return Grid(list(shown), min(4, len(shown)), len(pairs) - len(shown))
+    ncols = min(4, per_opt)
+    slots: list[tuple[str, tuple] | None] = []
+    for opt in sorted({p[0] for p in shown}):
+        mine = [p for p in shown if p[0] == opt]
+        slots += mine + [None] * (-len(mine) % ncols)
+    return Grid(slots, ncols, len(pairs) - len(shown))
 
 
 @dataclass(frozen=True)
@@ -189,24 +213,23 @@ def panel_baselines(df: pd.DataFrame, grid: Grid, log: bool) -> Baselines:
     per_panel: dict[tuple, list[float]] = {}
     drawn: list[float] = []
     notes: list[str] = []
-    for opt in grid.optimizers:
-        for frow in grid.rows:
-            sub = df[(df["optim"] == opt) & (df["facet"] == frow) & (df["n"] > 0)]
-            vals = sub["baseline"].to_numpy(dtype=float)
-            vals = vals[np.isfinite(vals)]
-            if log:
-                if (vals <= 0).any():
-                    notes.append("a baseline at or below 0 cannot be drawn on the log axis")
-                vals = vals[vals > 0]
-            distinct = sorted({float(f"{v:.6g}") for v in vals})
-            if len(distinct) > 3:
-                distinct = [float(np.median(vals))]
-                notes.append(
-                    "where a panel's configurations have more than three different baselines, "
-                    "the line is their median"
-                )
-            per_panel[(opt, frow)] = distinct
-            drawn += distinct
+    for opt, frow in grid.panels:
+        sub = df[(df["optim"] == opt) & (df["facet"] == frow) & (df["n"] > 0)]
+        vals = sub["baseline"].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if log:
+            if (vals <= 0).any():
+                notes.append("a baseline at or below 0 cannot be drawn on the log axis")
+            vals = vals[vals > 0]
+        distinct = sorted({float(f"{v:.6g}") for v in vals})
+        if len(distinct) > 3:
+            distinct = [float(np.median(vals))]
+            notes.append(
+                "where a panel's configurations have more than three different baselines, "
+                "the line is their median"
+            )
+        per_panel[(opt, frow)] = distinct
+        drawn += distinct
     return Baselines(per_panel, drawn, notes)
 
 

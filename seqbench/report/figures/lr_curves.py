@@ -117,25 +117,32 @@ def _draw(df: pd.DataFrame, grid: Grid, fr: _Frame) -> tuple[Figure, list[dict],
     rows: list[dict] = []
     used: list[str] = []
     cut = False
-    ncols, nrows = len(grid.optimizers), len(grid.rows)
+    ncols, nrows = grid.ncols, grid.nrows
     base_label = baseline_label(fr.metric, fr.base.values)
     with _style():
         fig = Figure(figsize=_figsize(df, grid, fr, base_label), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True, sharex="col")
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
         axes[0, 0].set_ylim(fr.y.bottom, fr.y.top)
         if fr.y.log and fr.y.has_values:
             axes[0, 0].set_yscale("log")
-        for c, opt in enumerate(grid.optimizers):
-            lrs = sorted(df.loc[df["optim"] == opt, "lr"].unique())
-            for r, frow in enumerate(grid.rows):
-                ax = axes[r, c]
-                sub = df[(df["optim"] == opt) & (df["facet"] == frow)]
-                panel_used, panel_cut = _draw_panel(ax, sub, fr, (opt, frow))
-                used += panel_used
-                cut = cut or panel_cut
-                rows += _panel_rows(sub, fr, opt, frow)
-                _name_panel(ax, fr, opt, frow, lrs, bottom=r == nrows - 1, left=c == 0)
-            _lr_axis(axes[:, c], lrs)
+        for i, slot in enumerate(grid.slots):
+            r, c = divmod(i, ncols)
+            ax = axes[r, c]
+            if slot is None:
+                ax.set_visible(False)
+                continue
+            opt, frow = slot
+            below = grid.slots[i + ncols] if i + ncols < len(grid.slots) else None
+            sub = df[(df["optim"] == opt) & (df["facet"] == frow)]
+            lrs = sorted(sub["lr"].unique())  # each panel its own grid (they may differ)
+            panel_used, panel_cut = _draw_panel(ax, sub, fr, (opt, frow))
+            used += panel_used
+            cut = cut or panel_cut
+            rows += _panel_rows(sub, fr, opt, frow)
+            _name_panel(ax, fr, opt, frow, lrs, bottom=below is None, left=c == 0)
+            _lr_axis([ax], lrs)
+        for i in range(len(grid.slots), nrows * ncols):
+            axes.flat[i].set_visible(False)
         _set_y_axis(axes[0, 0], fr.y)
         _legend(fig, fr, used, base_label)
         suffix = f" ({grid.omitted} more panels not shown)" if grid.omitted else ""
@@ -145,7 +152,8 @@ def _draw(df: pd.DataFrame, grid: Grid, fr: _Frame) -> tuple[Figure, list[dict],
 
 def _figsize(df: pd.DataFrame, grid: Grid, fr: _Frame, base_label: str) -> tuple[float, float]:
     """Panels wide enough for their lr ticks, tall enough for the band; room for the legend."""
-    max_lrs = max(int(df.loc[df["optim"] == o, "lr"].nunique()) for o in grid.optimizers)
+    max_lrs = max(int(df.loc[(df["optim"] == o) & (df["facet"] == f), "lr"].nunique())
+                  for o, f in grid.panels)
     panel_w = max(3.3, 1.3 + 0.42 * max_lrs)
     legend_lines = [
         *fr.order,
@@ -155,7 +163,7 @@ def _figsize(df: pd.DataFrame, grid: Grid, fr: _Frame, base_label: str) -> tuple
     ]
     legend_w = max(1.6, min(3.2, 0.75 + 0.06 * max(len(t) for t in legend_lines)))
     panel_h = fr.y.band.panel_h
-    return (len(grid.optimizers) * panel_w + legend_w + 0.3, len(grid.rows) * panel_h + 0.7)
+    return (grid.ncols * panel_w + legend_w + 0.3, grid.nrows * panel_h + 0.7)
 
 
 def _settings(sub: pd.DataFrame, order: list[str]) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -237,9 +245,8 @@ def _name_panel(
     ax, fr: _Frame, opt: str, frow: tuple, lrs: list[float], bottom: bool, left: bool
 ) -> None:
     """Title (optimizer and facet values); x label on the bottom row, y label on the left."""
-    extra = [
-        f"{k}={fmt.num(v)}" for k, v in zip(fr.facets, frow, strict=True) if not fmt.is_missing(v)
-    ]
+    extra = [_facet_label(k, v) for k, v in zip(fr.facets, frow, strict=True)
+             if not fmt.is_missing(v)]
     ax.set_title(" · ".join([fmt.optimizer(opt), *extra]))
     if bottom:
         scale = ", log scale" if all(v > 0 for v in lrs) else ""
@@ -249,8 +256,21 @@ def _name_panel(
         ax.set_ylabel(fr.metric.axis(suffix=", mean of completed runs", note=note, wrap=True))
 
 
+_CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "tanh RNN"}
+
+
+def _facet_label(key: str, value: object) -> str:
+    """A facet value in a panel title: ``tanh RNN``, ``momentum 0.9``, else ``key=value``."""
+    if key == "model.cell":
+        return _CELL_NAMES.get(str(value), str(value))
+    if key == "optim.momentum":
+        return f"momentum {fmt.num(value)}" if value else "no momentum"
+    return f"{key}={value if isinstance(value, str) else fmt.num(value)}"
+
+
 def _lr_axis(column: Sequence, lrs: list[float]) -> None:
-    """A column's shared lr axis: log where it can be, the grid's values as the ticks."""
+    """The lr axis of the panels given: log where it can be, the grid's values as the
+    ticks."""
     ax0 = column[0]
     if all(v > 0 for v in lrs):
         ax0.set_xscale("log")
