@@ -357,6 +357,12 @@ def _leaves(node, prefix: str):
 
 
 def cmd_train(args: list[str]) -> int:
+    for flag in ("-m", "--multirun"):  # Hydra's multirun: what `sweep` is for
+        if flag in args:
+            rest = " ".join(a for a in args if a not in ("-m", "--multirun"))
+            return error(f"option={flag}: train runs one configuration; to run several, "
+                         f"use: python -m seqbench sweep [PRESET] {rest} (KEY=A,B sweeps a "
+                         "key over values; presets: conf/sweep/)")
     force = "--force" in args
     args = [a for a in args if a != "--force"]
     flags, overrides, bad = _flags(args)

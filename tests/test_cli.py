@@ -125,6 +125,18 @@ def test_every_bad_value_is_reported_at_once(capsys, tmp_path, monkeypatch):
     assert len(lines) == 2
 
 
+@pytest.mark.parametrize("flag", ["-m", "--multirun"])
+def test_train_multirun_points_to_sweep_with_the_overrides_typed(flag, capsys, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", flag, "optim.lr=1,2", "clip=none"]) == 2
+    assert capsys.readouterr().err == (
+        f"seqbench: error: option={flag}: train runs one configuration; to run several, use: "
+        "python -m seqbench sweep [PRESET] optim.lr=1,2 clip=none (KEY=A,B sweeps a key "
+        "over values; presets: conf/sweep/)\n")
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
 def test_unknown_command_is_an_error(capsys):
     assert main(["trian"]) == 2
     assert "command=trian" in capsys.readouterr().err

@@ -42,9 +42,8 @@ def fill_outcomes(runs: pd.DataFrame, runs_dir: Path) -> tuple[pd.DataFrame, Der
     if runs.empty:
         return runs, info
     runs = runs.copy()
-    for col in ("outcome",):
-        if col not in runs:
-            runs[col] = None
+    if "outcome" not in runs:
+        runs["outcome"] = None
     for col in ("baseline_val_metric", "initial_loss"):
         if col not in runs:
             runs[col] = math.nan
