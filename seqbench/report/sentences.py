@@ -51,8 +51,17 @@ def _setting_phrase(rec: dict, extra: Sequence[str] = ()) -> str:
         parts.append(f"lr {fmt.lr(rec['optim.lr'])}")
     if "clip.method" in rec:
         parts.append(fmt.clip_phrase(rec["clip.method"], rec.get("threshold")))
-    parts += [f"{c}={fmt.num(rec[c]) if not isinstance(rec[c], str) else rec[c]}" for c in extra
-              if not fmt.is_missing(rec[c])]  # a key this configuration does not have
+    for c in extra:
+        v = rec[c]
+        if fmt.is_missing(v):  # a key this configuration does not have
+            continue
+        if c == "model.cell":
+            parts.append(_CELLS.get(str(v), str(v)))
+        elif c == "optim.momentum":
+            if v:
+                parts.append(f"momentum {fmt.num(v)}")
+        else:
+            parts.append(f"{c}={fmt.num(v) if not isinstance(v, str) else v}")
     return ", ".join(parts) if parts else "every run"
 
 
@@ -189,7 +198,8 @@ def task_sentences(
         for ctx, recs in contexts.items():
             ctx_cells = [c for c in cells_rec if _key(c, cell_cols) == ctx]
             name = _context_name(recs[0], ctx_cols)
-            out += verdicts.context_sentences(name, recs, ctx_cells, metric)
+            said = any("LR sensitivity is the mean excess" in s for s in out)
+            out += verdicts.context_sentences(name, recs, ctx_cells, metric, define=not said)
     dead = verdicts.not_learned(cells_rec, _distinguishing(cells_df), _setting_phrase, metric)
     if dead:
         out.append(dead)

@@ -114,8 +114,10 @@ def trained_lr_gain(name: str, recs: Sequence[dict], best: dict | None,
             f"seed trained above {fmt.lr(a_lr)}, the unclipped value{_edge(a_lr, max_lr)}.")
 
 
-def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC) -> str | None:
-    """The setting whose final loss depends least on the lr, with its interval."""
+def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC,
+                    define: bool = True) -> str | None:
+    """The setting whose final loss depends least on the lr, with its interval;
+    ``define``: say what LR sensitivity is (once per report is enough)."""
     have = [r for r in recs if not fmt.is_missing(r["lr_sensitivity"]) and r["n_lrs"] >= 2]
     if len(have) < 2:
         return None
@@ -135,17 +137,19 @@ def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC) -
     versus = f"; without clipping {val(none[0])}" if none else ""
     overlap = ""
     hi, lo = best["lr_sensitivity_hi"], runner["lr_sensitivity_lo"]
-    if not (fmt.is_missing(hi) or fmt.is_missing(lo)):
-        if hi >= lo:
+    if not (fmt.is_missing(hi) or fmt.is_missing(lo)) and hi >= lo:
+        if runner["clip.method"] == "none":
+            overlap = "; the two intervals overlap, so the order of the two is not settled"
+        else:
             overlap = (f"; its interval overlaps that of {_phrase(runner)} "
                        f"({fmt.num(runner['lr_sensitivity'])}), so the order of the two is "
                        "not settled")
+    definition = (" LR sensitivity is the mean excess of the final validation loss over the "
+                  "grid's best (Wortsman et al. 2023); a diverged run counts at its initial "
+                  "loss." if define else "")
     return (f"For {name}, the least LR-sensitive setting was {_phrase(best)}: LR sensitivity "
             f"{val(best)} {unit} over {fmt.num(best['n_lrs'])} learning rates "
-            f"(at least {fmt.num(best['n_seeds'])} seeds each){versus}{overlap}. LR "
-            "sensitivity is "
-            "the mean excess of the final validation loss over the grid's best (Wortsman et "
-            "al. 2023); a diverged run counts at its initial loss.")
+            f"(at least {fmt.num(best['n_seeds'])} seeds each){versus}{overlap}.{definition}")
 
 
 def not_learned(cells: Sequence[dict], extra: Sequence[str], setting_phrase,
@@ -201,7 +205,7 @@ def divergence_counts(name: str, best: dict | None, ctx_cells: Sequence[dict]
 
 
 def context_sentences(name: str, recs: list[dict], ctx_cells: list[dict],
-                      metric: MetricInfo = BPC) -> list[str]:
+                      metric: MetricInfo = BPC, define: bool = True) -> list[str]:
     """The lr sentences for one optimizer (and swept non-clip setting)."""
     out: list[str] = []
     max_lr = max((c["optim.lr"] for c in ctx_cells), default=math.nan)
@@ -224,7 +228,7 @@ def context_sentences(name: str, recs: list[dict], ctx_cells: list[dict],
     counts = divergence_counts(name, best, ctx_cells)
     if counts:
         out.append(counts)
-    sens = least_sensitive(name, recs, metric)
+    sens = least_sensitive(name, recs, metric, define)
     if sens:
         out.append(sens)
     return out
