@@ -44,10 +44,13 @@ def is_clock(column: str) -> bool:
     return (column == "wall_s" or column.startswith("timing")
             or column.endswith(("seconds", "per_second", "_at")))
 
-# One longer run for the interruption tests: 2,000 steps (a few seconds of training),
-# a checkpoint every 100. trainer.threads=0 leaves the thread count to the trainer,
-# which must take it from SLURM_CPUS_PER_TASK (slurm_local asks for one CPU).
-LONG_STEPS = 2000
+# One longer run for the interruption tests: 6,000 steps (about 6 s of training here),
+# a checkpoint every 100. It must outlast the 2 s between two running summaries
+# (train.SUMMARY_EVERY_S): the tests wait for a summary that reports steps and a
+# checkpoint, and at 2,000 steps (1.9 s) the run could end before its second summary.
+# trainer.threads=0 leaves the thread count to the trainer, which must take it from
+# SLURM_CPUS_PER_TASK (slurm_local asks for one CPU).
+LONG_STEPS = 6000
 LONG = [PRESET, "optim.lr=4", "clip=none", "seed=0", f"trainer.max_steps={LONG_STEPS}",
         "trainer.checkpoint_every=100", "trainer.threads=0", "hydra.sweeper.report=false"]
 LONG_RUN = "optim=sgd,optim.lr=4,clip=none,seed=0"
