@@ -24,6 +24,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from seqbench import sizes
 from seqbench.checks import at_least, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.data.tasks import TASKS
@@ -165,6 +166,8 @@ def validate(cfg: DictConfig, *, check_data: bool = True, tasks: dict | None = N
                 task = _build_task(cfg.task)
                 if tasks is not None:
                     tasks[key] = task
+            where, memory = _device_memory(cfg)
+            sizes.check(cfg, task, memory, where)  # before building: some sizes never build
             with torch.device("meta"):  # shapes only: no memory, no initialisation cost
                 model = _build_model(task, cfg.model)
             if cfg.trainer.freeze:
@@ -205,16 +208,20 @@ def _check_model_fits(cfg: DictConfig, model: torch.nn.Module) -> None:
     """Weights and gradients (4 bytes each per parameter; optimizer state comes on top)
     must fit in the memory of the device the run will use, or the run dies at its start."""
     n = sum(p.numel() for p in model.parameters())
-    device = cfg.trainer.device
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        where, have = "the GPU", torch.cuda.get_device_properties(0).total_memory
-    else:
-        where, have = "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    where, have = _device_memory(cfg)
     if 8 * n > have:
         key, value = _largest_size(cfg.model)
         raise ConfigError(key, value, f"too large: {n:,} parameters need {8 * n / 2**30:,.0f} "
                                       f"GiB for weights and gradients; {where} has "
                                       f"{have / 2**30:,.0f} GiB")
+
+
+def _device_memory(cfg: DictConfig) -> tuple[str, int]:
+    """(where the run will train, its memory in bytes): the GPU's or this machine's."""
+    device = cfg.trainer.device
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return "the GPU", torch.cuda.get_device_properties(0).total_memory
+    return "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _largest_size(model_cfg: DictConfig) -> tuple[str, Any]:
