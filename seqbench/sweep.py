@@ -187,14 +187,7 @@ def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Equal experiment configs. A key only one side has matches when its value there is
     an off-state (null, false, 0, empty): options are added switched off, so a run
     recorded before an option existed is the same experiment as one with it off."""
-    a, b = experiment_config(a), experiment_config(b)
-    for k in a.keys() | b.keys():
-        if k in a and k in b:
-            if a[k] != b[k]:
-                return False
-        elif (a[k] if k in a else b[k]) not in _OFF:
-            return False
-    return True
+    return not differences(a, b)
 
 
 def config_identity(flat_config: Mapping[str, Any]) -> str:

@@ -187,6 +187,19 @@ def short(x: object) -> str:
     return f"{v:.2g}"
 
 
+_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN"}
+
+
+def setting(key: str, value: object) -> str:
+    """A config value in words: ``tanh RNN`` (model.cell), ``momentum 0.9`` or ``no
+    momentum`` (optim.momentum), else ``key=value``."""
+    if key == "model.cell":
+        return _CELLS.get(str(value), str(value))
+    if key == "optim.momentum":
+        return f"momentum {num(value)}" if value else "no momentum"
+    return f"{key}={value if isinstance(value, str) else num(value)}"
+
+
 def join(items) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     items = list(items)

@@ -24,9 +24,6 @@ def _context_cols(stable_df: pd.DataFrame) -> list[str]:
     return lead + varying_within(stable_df, lead, cols)
 
 
-_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN"}
-
-
 def _context_name(rec: dict, cols: Sequence[str]) -> str:
     """``SGD``, ``SGD with momentum 0.9 on the tanh RNN``, ``Adam (model.hidden_size=64)``."""
     name = fmt.optimizer(rec.get("optim.name")) if "optim.name" in cols else "the model"
@@ -37,8 +34,8 @@ def _context_name(rec: dict, cols: Sequence[str]) -> str:
             name += f" with momentum {fmt.num(rec['optim.momentum'])}"
     if "model.cell" in rest:
         rest.remove("model.cell")
-        name += f" on the {_CELLS.get(str(rec['model.cell']), str(rec['model.cell']))}"
-    extra = [f"{c}={rec[c] if isinstance(rec[c], str) else fmt.num(rec[c])}" for c in rest]
+        name += f" on the {fmt.setting('model.cell', rec['model.cell'])}"
+    extra = [fmt.setting(c, rec[c]) for c in rest]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -55,13 +52,8 @@ def _setting_phrase(rec: dict, extra: Sequence[str] = ()) -> str:
         v = rec[c]
         if fmt.is_missing(v):  # a key this configuration does not have
             continue
-        if c == "model.cell":
-            parts.append(_CELLS.get(str(v), str(v)))
-        elif c == "optim.momentum":
-            if v:
-                parts.append(f"momentum {fmt.num(v)}")
-        else:
-            parts.append(f"{c}={fmt.num(v) if not isinstance(v, str) else v}")
+        if c != "optim.momentum" or v:  # plain SGD is named by the absence of momentum
+            parts.append(fmt.setting(c, v))
     return ", ".join(parts) if parts else "every run"
 
 

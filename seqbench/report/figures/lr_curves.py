@@ -245,7 +245,7 @@ def _name_panel(
     ax, fr: _Frame, opt: str, frow: tuple, lrs: list[float], bottom: bool, left: bool
 ) -> None:
     """Title (optimizer and facet values); x label on the bottom row, y label on the left."""
-    extra = [_facet_label(k, v) for k, v in zip(fr.facets, frow, strict=True)
+    extra = [fmt.setting(k, v) for k, v in zip(fr.facets, frow, strict=True)
              if not fmt.is_missing(v)]
     ax.set_title(" · ".join([fmt.optimizer(opt), *extra]))
     if bottom:
@@ -254,18 +254,6 @@ def _name_panel(
     if left:
         note = "log scale" if fr.y.log else ""
         ax.set_ylabel(fr.metric.axis(suffix=", mean of completed runs", note=note, wrap=True))
-
-
-_CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "tanh RNN"}
-
-
-def _facet_label(key: str, value: object) -> str:
-    """A facet value in a panel title: ``tanh RNN``, ``momentum 0.9``, else ``key=value``."""
-    if key == "model.cell":
-        return _CELL_NAMES.get(str(value), str(value))
-    if key == "optim.momentum":
-        return f"momentum {fmt.num(value)}" if value else "no momentum"
-    return f"{key}={value if isinstance(value, str) else fmt.num(value)}"
 
 
 def _lr_axis(column: Sequence, lrs: list[float]) -> None:
