@@ -395,3 +395,14 @@ def test_settings_an_optimizer_lacks_give_it_no_empty_panels():
     plot = F.lr_curves(pd.concat([plain, heavy, adam], ignore_index=True))
     titles = [ax.get_title() for ax in _panels(plot.figure)]
     assert titles == ["Adam", "SGD · no momentum", "SGD · momentum 0.9"]
+
+
+def test_means_far_below_the_baseline_get_a_log_axis():
+    """An MSE of 16 against a baseline of 26,213 (the tutorial's MLP) would sit on the
+    floor of a linear axis; with the baseline in view the axis is logarithmic."""
+    far = make_cells(baseline=26213.0)
+    assert far["final_val_metric_mean"].max() < 30  # the means alone span little
+    plot = F.lr_curves(far)
+    assert {ax.get_yscale() for ax in _panels(plot.figure)} == {"log"}
+    near = F.lr_curves(make_cells())  # bpc around a 4.8 baseline: linear, as before
+    assert {ax.get_yscale() for ax in _panels(near.figure)} == {"linear"}

@@ -104,7 +104,11 @@ def lr_curves(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
     styles, order = line_styles(df)
     grid = panel_grid(df)
     # the y axis is shared by every panel of the task: its values first
-    log = _log_worthy(df["mean"].to_numpy())
+    # with the baseline: means far below it (an MSE of 16 against 26,213) sit on the
+    # floor of a linear axis, indistinguishable
+    shown = df[df["n"] > 0]
+    log = _log_worthy(np.concatenate([shown["mean"].to_numpy(dtype=float),
+                                      shown["baseline"].to_numpy(dtype=float)]))
     base = panel_baselines(df, grid, log)
     fr = _Frame(facets, styles, order, shared_y_axis(df, grid, base, log), base, metric)
     fig, rows, cut = _draw(df, grid, fr)
