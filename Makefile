@@ -17,9 +17,14 @@ $(BIN)/python:
 	         "Run e.g. make PYTHON=python3.12 ..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# Then the example plugin (examples/plugin), which tests/test_plugins.py runs. It is built
+# as seqbench is, by hatchling from pip's own index or cache: a fresh venv has no build
+# backend for --no-build-isolation (hatchling never, setuptools 65 without `wheel`).
+# --no-deps: what it needs is installed by the line before.
+$(VENV)/.installed: $(BIN)/python pyproject.toml examples/plugin/pyproject.toml
 	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps -e examples/plugin
 	touch $@
 
 setup: $(VENV)/.installed
@@ -31,7 +36,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check seqbench tests hydra_plugins
+	$(BIN)/ruff check seqbench tests hydra_plugins examples
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache

@@ -40,11 +40,17 @@ commands:
   data list | fetch NAME... | verify [NAME...]
                           download, check and cache corpora (enwik8, text8,
                           ptb_char, war_and_peace; tinyshakespeare is bundled)
+  plugins                 list the installed plugins (entry point group
+                          seqbench.plugins) and the clip methods, models and
+                          tasks each one adds
 
-  bench [--size SIZE] [--device cpu|cuda] | bench report | bench sweep
+  bench [--size SIZE] [--device cpu|cuda] | bench report | bench sweep |
+  bench validate [--jobs N...] | bench threads
                           time the training step against a bare PyTorch loop, the
-                          report on 1,000 synthetic runs, or a whole sweep under
-                          each local launcher; writes reports/bench/
+                          report on 1,000 synthetic runs, a whole sweep under each
+                          local launcher, a sweep's validation and resume scan at N
+                          jobs, or train next to a busy process per thread setting;
+                          writes reports/bench/
 
 exit status: 0 done (a diverged run is a result), 2 invalid input, 1 unexpected error
 """
@@ -73,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     commands = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report,
-                "data": cmd_data, "bench": cmd_bench}
+                "data": cmd_data, "bench": cmd_bench, "plugins": cmd_plugins}
     if command not in commands:
         return error(f"command={command}: one of {', '.join(commands)} (see --help)")
-    return commands[command](rest)
+    from seqbench.errors import PluginError
+
+    try:
+        return commands[command](rest)
+    except PluginError as e:  # raised where seqbench.config is first imported
+        return error(str(e))
 
 
 # Hydra's flags that take a value, and the values Hydra accepts (None: any text)
@@ -496,6 +507,17 @@ def _is_sweep(override: str) -> bool:
         return False
 
 
+def cmd_plugins(args: list[str]) -> int:
+    """The installed plugins and what each registered; loading them is the check."""
+    if args:
+        return error(f"option={args[0]}: plugins takes no arguments")
+    import seqbench.config  # noqa: F401 -- loads the plugins (PluginError: exit 2)
+    from seqbench.plugin_loader import report_lines
+
+    print("\n".join(report_lines()))
+    return 0
+
+
 def cmd_data(args: list[str]) -> int:
     from seqbench.data.datacli import main as data_main
 
@@ -503,7 +525,9 @@ def cmd_data(args: list[str]) -> int:
 
 
 def cmd_bench(args: list[str]) -> int:
-    """`bench` times the step path; `bench report` times the report at scale."""
+    """`bench` times the step path; `bench report` the report at scale; `bench sweep` a
+    preset under each local launcher; `bench validate` a sweep's validation at N jobs;
+    `bench threads` `train` idle and next to a busy process per thread setting."""
     if args[:1] == ["report"]:
         from seqbench.bench.report_scale import main_report
 
@@ -512,6 +536,14 @@ def cmd_bench(args: list[str]) -> int:
         from seqbench.bench.sweep_speed import main_sweep
 
         return main_sweep(args[1:])
+    if args[:1] == ["validate"]:
+        from seqbench.bench.validate_speed import main as main_validate
+
+        return main_validate(args[1:])
+    if args[:1] == ["threads"]:
+        from seqbench.bench.threads import main as main_threads
+
+        return main_threads(args[1:])
     from seqbench.bench.step import main as bench_main
 
     return bench_main(args)

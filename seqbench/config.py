@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -24,13 +25,13 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seqbench import sizes
+from seqbench import sizes, tblog
 from seqbench.checks import at_least, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
 from seqbench.experiment import NON_EXPERIMENT_KEYS  # noqa: F401 (re-exported)
-from seqbench.models import MODEL_SCHEMAS
+from seqbench.models import CELLS, MODEL_SCHEMAS, TORCH_CELLS
 from seqbench.optim import OPTIM
 
 
@@ -52,8 +53,10 @@ class TrainerConfig:
     # a finite loss above explode_factor x the first step's loss ends the run; null: never
     explode_factor: float | None = optional_above(10.0, 1.0)
     deterministic: bool = False
-    # torch intra-op threads; 0: torch's default. More than any CPU has cores is a typo:
-    # torch raises above 2**31 and crashed with a segfault at 65536 (measured)
+    # torch intra-op threads; 0 (auto): SLURM_CPUS_PER_TASK under SLURM (cores that are
+    # the job's own), else 1. torch's own default (one per core) is fast on an idle
+    # machine and collapses next to a busy process (reports/bench/threads.md). More than
+    # any CPU has cores is a typo: torch raises above 2**31 and segfaulted at 65536
     threads: int = rule(0, "must be in [0, 1024]", lambda v: 0 <= v <= 1024)
     # parameter-name patterns (fnmatch globs, e.g. "embed.*") whose parameters are frozen:
     # no gradient, not in the optimizer, in no gradient norm
@@ -70,6 +73,10 @@ class TrainerConfig:
     # auto: continue from the run directory's checkpoint.pt when it is of the same
     # experiment; never: always start at step 0 (an old checkpoint is replaced)
     resume: str = one_of("auto", ("auto", "never"))
+    # also write TensorBoard event files into the run directory at every flush (train
+    # loss, gradient norms, clipping, lr, validation metric; the config as hparams); needs
+    # the tensorboard extra
+    tensorboard: bool = False
 
 
 @dataclass
@@ -87,9 +94,15 @@ GROUPS = ("task", "model", "optim", "clip", "trainer")
 
 
 def register_schemas() -> None:
+    """Store every schema with Hydra: the built-ins', then the installed plugins' (which
+    are imported here, once per process, so that every process that composes a config
+    or trains -- the CLI, the sweeper, Hydra's job processes, `Clipper` -- has them).
+    A plugin that cannot be used raises PluginError before anything is stored."""
     # every module that registers tasks or models, so that their schemas are stored too
+    from seqbench import plugin_loader
     from seqbench.data import corpora, regression, synthetic  # noqa: F401
 
+    plugin_loader.load()  # registers the plugins' options and stores them with Hydra
     cs = ConfigStore.instance()
     cs.store(name="seqbench_train", node=TrainConfig)
     cs.store(group="schema/trainer", name="default", node=TrainerConfig)
@@ -98,9 +111,6 @@ def register_schemas() -> None:
     for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP)):
         for entry in registry.entries():
             cs.store(group=f"schema/{group}", name=entry.name, node=entry.schema)
-
-
-register_schemas()
 
 
 def conf_dir() -> Path:
@@ -141,40 +151,60 @@ def _group_options(group: str) -> tuple[str, ...]:
         return tuple(sorted(GlobalHydra.instance().config_loader().get_group_options(group)))
 
 
-def validate(cfg: DictConfig, *, check_data: bool = True, tasks: dict | None = None) -> None:
-    """Raise ConfigErrors listing every invalid value of a composed config.
+def validate(cfg: DictConfig, *, check_data: bool = True, cache: dict | None = None) -> dict:
+    """Raise ConfigErrors listing every invalid value of a composed config; return the
+    config resolved into plain containers (what `flatten` takes).
 
     `check_data` builds the task (data-dependent limits) and the model on the meta device
-    (freeze patterns, size); `tasks` caches built tasks by task config across calls, so a
-    sweep builds each distinct task once and still checks every job's model.
+    (freeze patterns, size). `cache` keeps, across calls, each built task and the outcome
+    of the data checks per distinct (task, model, freeze patterns, device): a sweep of
+    10,000 jobs over a few models and tasks builds each once (issue 13: ~1 ms a job
+    instead of ~10).
     """
-    errors = _resolution_errors(cfg)  # every later check reads resolved values
+    resolved, errors = _resolve(cfg)  # every later check reads resolved values
     if errors:
         raise ConfigErrors(errors)
-    errors = list(_field_errors(cfg, ""))
+    schemas = {group: OmegaConf.get_type(cfg, group) for group in GROUPS}
+    errors = _field_errors(TrainConfig, resolved, "")
     for group in GROUPS:
-        errors += _field_errors(cfg[group], group + ".")
-    errors += _selector_errors(cfg)
-    errors += _cross_errors(cfg)
+        errors += _field_errors(schemas[group], resolved[group], group + ".")
+    errors += _selector_errors(resolved, schemas)
+    errors += _cross_errors(resolved, schemas)
     if errors:
         raise ConfigErrors(errors)
-    if check_data:
+    if not check_data:
+        return resolved
+    cache = {} if cache is None else cache
+    t = resolved["trainer"]
+    key = ("data", _key([resolved["task"], resolved["model"], t["freeze"], t["device"]]))
+    if key not in cache:
         try:
-            key = OmegaConf.to_yaml(cfg.task, resolve=True)
-            task = tasks.get(key) if tasks is not None else None
-            if task is None:
-                task = _build_task(cfg.task)
-                if tasks is not None:
-                    tasks[key] = task
-            where, memory = _device_memory(cfg)
-            sizes.check(cfg, task, memory, where)  # before building: some sizes never build
-            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-                model = _build_model(task, cfg.model)
-            if cfg.trainer.freeze:
-                frozen_names([n for n, _ in model.named_parameters()], list(cfg.trainer.freeze))
-            _check_model_fits(cfg, model)
+            _check_data(cfg, resolved, cache)
+            cache[key] = None
         except ConfigError as e:
-            raise ConfigErrors([e]) from None
+            cache[key] = e
+    if cache[key] is not None:
+        raise ConfigErrors([cache[key]])
+    return resolved
+
+
+def _key(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=repr)
+
+
+def _check_data(cfg: DictConfig, resolved: dict, cache: dict) -> None:
+    """The checks that build things: the task, then the model's shapes on the meta device."""
+    key = ("task", _key(resolved["task"]))
+    task = cache.get(key)
+    if task is None:
+        task = cache[key] = _build_task(cfg.task)
+    where, memory = _device_memory(cfg)
+    sizes.check(cfg, task, memory, where)  # before building: some sizes never build
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = _build_model(task, cfg.model)
+    if cfg.trainer.freeze:
+        frozen_names([n for n, _ in model.named_parameters()], list(cfg.trainer.freeze))
+    _check_model_fits(cfg, model)
 
 
 def _build_task(task_cfg: DictConfig):
@@ -240,13 +270,14 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _resolution_errors(cfg: DictConfig) -> list[ConfigError]:
-    """An interpolation that does not resolve (`${oc.env:UNSET}`, `${nokey}`, a string
-    where a number belongs), named by its key and its text as given."""
+def _resolve(cfg: DictConfig) -> tuple[dict, list[ConfigError]]:
+    """(the config as plain resolved containers, []), or ({}, [the error]) when an
+    interpolation does not resolve (`${oc.env:UNSET}`, `${nokey}`, a string where a
+    number belongs), named by its key and its text as given."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True), []
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raw = _raw_value(cfg, key)
@@ -257,8 +288,7 @@ def _resolution_errors(cfg: DictConfig) -> list[ConfigError]:
         else:
             rule = "cannot be resolved: " + re.sub(r"^\w+ raised while resolving "
                                                   r"interpolation: ", "", msg)
-        return [ConfigError(key, raw, rule)]
-    return []
+        return {}, [ConfigError(key, raw, rule)]
 
 
 def _raw_value(cfg: DictConfig, key: str) -> Any:
@@ -272,16 +302,16 @@ def _raw_value(cfg: DictConfig, key: str) -> Any:
     return node
 
 
-def _selector_errors(cfg: DictConfig) -> list[ConfigError]:
+def _selector_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
     """`task.name`, `optim.name` and `clip.method` pick the code that builds the group.
     Each must name an entry whose schema is the one the group option composed; otherwise
     the builder of one entry would get the settings of another (GROUP=OPTION switches)."""
     out = []
-    for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP)):
-        node, field_name = cfg[group], registry.key.split(".", 1)[1]
-        schema = OmegaConf.get_type(node)
-        fits = [e.name for e in registry.entries() if e.schema is schema]
-        value = node.get(field_name)
+    for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP),
+                            ("model", CELLS)):
+        field_name = registry.key.split(".", 1)[1]
+        fits = [e.name for e in registry.entries() if e.schema is schemas[group]]
+        value = r[group].get(field_name)
         if fits and value not in fits:
             out.append(ConfigError(registry.key, value,
                                    f"one of {', '.join(fits)} with these {group} settings "
@@ -304,35 +334,40 @@ def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
     return frozen
 
 
-def _field_errors(node: DictConfig, prefix: str) -> list[ConfigError]:
-    schema = OmegaConf.get_type(node)
+def _field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
+    """Unknown keys and every field's declared rule, read from the resolved values."""
     if not dataclasses.is_dataclass(schema):
         return []
     out = []
-    known = [f.name for f in dataclasses.fields(schema)]
-    for key in node:  # `+group.key=value` can add a key that the schema does not have
-        if key not in known:
-            out.append(ConfigError(prefix + str(key), node[key],
-                                   "unknown key; known keys here: " + ", ".join(known)))
-    for f in dataclasses.fields(schema):
-        value = node[f.name]
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
+    fields = _fields(schema)
+    for key in values:  # `+group.key=value` can add a key that the schema does not have
+        if key not in fields:
+            out.append(ConfigError(prefix + str(key), values[key],
+                                   "unknown key; known keys here: " + ", ".join(fields)))
+    for name, check in fields.items():
+        value = values[name]
+        if not prefix and name in GROUPS:  # a group's values are checked with its schema
+            continue
         if not _fits_int64(value):  # torch and numpy hold sizes, steps and seeds in int64
-            out.append(ConfigError(prefix + f.name, value,
+            out.append(ConfigError(prefix + name, value,
                                    "integers must be in [-2**63, 2**63 - 1]"))
             continue
-        rule = f.metadata.get("check")
-        if rule is None:
+        if check is None:
             continue
-        text, ok = rule
+        text, ok = check
         try:
             good = ok(value)
         except TypeError:
             good = False
         if not good:
-            out.append(ConfigError(prefix + f.name, value, text))
+            out.append(ConfigError(prefix + name, value, text))
     return out
+
+
+@functools.cache
+def _fields(schema: type) -> dict[str, Any]:
+    """A schema's field names, in order, with their rules (None: no rule)."""
+    return {f.name: f.metadata.get("check") for f in dataclasses.fields(schema)}
 
 
 def _fits_int64(value: Any) -> bool:
@@ -343,58 +378,69 @@ def _fits_int64(value: Any) -> bool:
     return not isinstance(value, int) or -(2**63) <= value < 2**63
 
 
-def _cross_errors(cfg: DictConfig) -> list[ConfigError]:
+def _cross_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
+    """Rules between keys, read from the resolved values `r`."""
     out = []
-    t, task = cfg.trainer, cfg.task
-    if t.accum_steps >= 1 and task.batch_size % t.accum_steps:
+    t, task, model, optim, clip = r["trainer"], r["task"], r["model"], r["optim"], r["clip"]
+    if t["accum_steps"] >= 1 and task["batch_size"] % t["accum_steps"]:
         out.append(ConfigError(
-            "trainer.accum_steps", t.accum_steps,
-            f"must divide task.batch_size={task.batch_size} (the streams are split into "
+            "trainer.accum_steps", t["accum_steps"],
+            f"must divide task.batch_size={task['batch_size']} (the streams are split into "
             "micro-batches)",
         ))
-    on_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
-    if t.amp == "fp16" and on_cpu and cfg.model.get("cell") == "lstm":
+    if t["amp"] == "fp16" and model.get("cell") == "lstm" and (
+            t["device"] == "cpu" or (t["device"] == "auto" and not torch.cuda.is_available())):
         out.append(ConfigError(
             "trainer.amp", "fp16",
             "fp16 autocast of nn.LSTM is not supported on CPU; use bf16 or off here, or CUDA",
         ))
-    out += _model_family_errors(cfg)
-    if cfg.model.get("forget_bias") is not None and cfg.model.get("cell") != "lstm":
-        out.append(ConfigError("model.forget_bias", cfg.model.forget_bias,
+    out += _model_family_errors(task, schemas["model"])
+    if model.get("forget_bias") is not None and model.get("cell") != "lstm":
+        out.append(ConfigError("model.forget_bias", model["forget_bias"],
                                "only for model.cell=lstm (use null otherwise)"))
-    if cfg.optim.get("nesterov") and not cfg.optim.get("momentum"):  # torch.optim.SGD's rule
+    if optim.get("nesterov") and not optim.get("momentum"):  # torch.optim.SGD's rule
         out.append(ConfigError("optim.nesterov", True, "needs optim.momentum > 0"))
-    clip = cfg.clip
-    if clip.get("error_if_nonfinite") and t.on_nonfinite == "skip":
+    if clip.get("error_if_nonfinite") and t["on_nonfinite"] == "skip":
         out.append(ConfigError("clip.error_if_nonfinite", True,
                                "contradicts trainer.on_nonfinite=skip; use one of them"))
     if clip.get("relative") and clip.get("scope") != "global":
         out.append(ConfigError("clip.relative", True, "only with clip.scope=global"))
-    if clip.get("relative") and clip.calibration_steps >= t.max_steps:
-        out.append(ConfigError("clip.calibration_steps", clip.calibration_steps,
-                               f"must be < trainer.max_steps={t.max_steps}"))
-    if t.device == "cuda" and not torch.cuda.is_available():
+    if clip.get("relative") and clip["calibration_steps"] >= t["max_steps"]:
+        out.append(ConfigError("clip.calibration_steps", clip["calibration_steps"],
+                               f"must be < trainer.max_steps={t['max_steps']}"))
+    if t["tensorboard"] and not tblog.available():
+        out.append(ConfigError("trainer.tensorboard", True,
+                               f"needs the tensorboard extra: {tblog.EXTRA}"))
+    if t["device"] == "cuda" and not torch.cuda.is_available():
         out.append(ConfigError("trainer.device", "cuda",
                                "CUDA is not available here; use auto or cpu"))
     return out
 
 
-def _model_family_errors(cfg: DictConfig) -> list[ConfigError]:
+def _model_family_errors(task: dict, model_schema: Any) -> list[ConfigError]:
     """A task builds one family of model (char_rnn unless its registration says)."""
     try:
-        needs = TASKS.get(cfg.task.name).meta.get("model", "char_rnn")
+        needs = TASKS.get(task["name"]).meta.get("model", "char_rnn")
     except ConfigError:
         return []  # an unknown task.name is reported by _selector_errors
-    schema = OmegaConf.get_type(cfg.model)
-    has = next((e.name for e in MODEL_SCHEMAS.entries() if e.schema is schema), None)
-    if has is None or has == needs:
+    entry = next((e for e in MODEL_SCHEMAS.entries() if e.schema is model_schema), None)
+    if entry is None or entry.meta.get("family", entry.name) == needs:
         return []
-    options = {"char_rnn": "lstm, gru or rnn_tanh", "mlp": "mlp"}.get(needs, needs)
-    return [ConfigError("model", has, f"task {cfg.task.name} needs model={options}")]
+    if needs == "char_rnn":  # the recurrent stacks: nn's own, then the plugins'
+        cells = [*TORCH_CELLS, *(n for n in CELLS.names() if n not in TORCH_CELLS)]
+        options = ", ".join(cells[:-1]) + " or " + cells[-1]
+    else:
+        options = needs
+    return [ConfigError("model", entry.name, f"task {task['name']} needs model={options}")]
 
 
 def flat(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as one flat dict with dotted keys (`clip.max_norm`, `seed`)."""
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
+
+
+def flatten(resolved: dict) -> dict[str, Any]:
+    """`flat` of a config already resolved into plain containers (`validate` returns it)."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -404,7 +450,7 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
         else:
             out[prefix[:-1]] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(resolved, "")
     return out
 
 
@@ -489,3 +535,8 @@ def _type_rule(cause: BaseException) -> str:
     if "not Optional" in msg or "Non optional" in msg:
         return "must not be null"
     return msg
+
+
+# At the end: a plugin's registration reads conf_dir() (its name must not be an option
+# of conf/) while this module is still being imported.
+register_schemas()

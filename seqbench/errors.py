@@ -54,3 +54,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str], prog: str = "se
         return 2
     except SystemExit as e:  # --help printed
         return int(e.code or 0)
+
+
+class PluginError(Exception):
+    """An installed seqbench plugin that cannot be used (it fails to import, takes a name
+    that is already taken, or declares a config that is not one). The message is one
+    line naming the plugin (entry point and distribution) and the problem; the CLI prints
+    it and exits with status 2, and nothing runs with some plugins half loaded."""

@@ -2,6 +2,9 @@
 
 The recurrent stack is PyTorch's own `nn.LSTM` / `nn.GRU` / `nn.RNN`, so on CUDA it runs
 cuDNN's fused kernels; the cell type is a registry entry like every other named choice.
+Every `CELLS` entry builds a stack the same way, `build(model_cfg, input_size)`, so a
+plugin's recurrent model (`seqbench.plugins.register_model`) is built by every recurrent
+task exactly as nn.LSTM is.
 """
 
 from __future__ import annotations
@@ -15,38 +18,63 @@ from torch import Tensor, nn
 from seqbench.checks import at_least, in_range, one_of
 from seqbench.registry import Registry
 
+# The recurrent stacks: `model.cell` names one; each entry is `build(cfg, input_size)`
+# -> a module with nn.LSTM's batch_first interface (see `make_recurrent`). Plugins add
+# entries with their own config schema; the built-ins share CharRNNConfig (schema
+# `object` here: their `cell` field's own rule already lists them).
 CELLS: Registry = Registry("cell", "model.cell")
-CELLS.register("lstm", object)(nn.LSTM)
-CELLS.register("gru", object)(nn.GRU)
-CELLS.register("rnn_tanh", object)(partial(nn.RNN, nonlinearity="tanh"))
+TORCH_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": partial(nn.RNN, nonlinearity="tanh")}
 
 
 @dataclass
-class CharRNNConfig:
-    cell: str = one_of("lstm", CELLS.names())
+class RecurrentConfig:
+    """The keys every recurrent model has: the tasks build their input and output layers
+    from embed_dim and hidden_size, and the size checks read num_layers. `cell` names the
+    stack (a CELLS entry); a plugin's option name is filled in when it registers."""
+
+    cell: str = ""
     embed_dim: int = at_least(64, 1)
     hidden_size: int = at_least(256, 1)
     num_layers: int = at_least(1, 1)
     dropout: float = in_range(0.0, 0.0, 1.0, high_open=True)
+
+
+@dataclass
+class CharRNNConfig(RecurrentConfig):
+    cell: str = one_of("lstm", sorted(TORCH_CELLS))
     # LSTM only: set the forget-gate bias (null keeps PyTorch's uniform init, which starts
     # the gate near 0.5). A bias of 1 (Gers et al. 2000; Jozefowicz et al. 2015) helps
     # long-range tasks: measured here, temporal order at T=50 learns with it, not without.
     forget_bias: float | None = None
 
 
-def make_recurrent(cfg: CharRNNConfig, input_size: int) -> nn.Module:
-    """The recurrent stack a model config describes, from the CELLS registry."""
-    rnn = CELLS.get(cfg.cell).build(
-        input_size, cfg.hidden_size, num_layers=cfg.num_layers,
-        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, batch_first=True,
-    )
-    if cfg.forget_bias is not None:
-        h = cfg.hidden_size
-        with torch.no_grad():  # gate order in nn.LSTM: input, forget, cell, output
-            for layer in range(cfg.num_layers):
-                getattr(rnn, f"bias_ih_l{layer}")[h:2 * h].fill_(float(cfg.forget_bias))
-                getattr(rnn, f"bias_hh_l{layer}")[h:2 * h].zero_()
-    return rnn
+def _torch_stack(name: str):
+    def build(cfg: CharRNNConfig, input_size: int) -> nn.Module:
+        rnn = TORCH_CELLS[name](
+            input_size, cfg.hidden_size, num_layers=cfg.num_layers,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, batch_first=True,
+        )
+        if getattr(cfg, "forget_bias", None) is not None:
+            h = cfg.hidden_size
+            with torch.no_grad():  # gate order in nn.LSTM: input, forget, cell, output
+                for layer in range(cfg.num_layers):
+                    getattr(rnn, f"bias_ih_l{layer}")[h:2 * h].fill_(float(cfg.forget_bias))
+                    getattr(rnn, f"bias_hh_l{layer}")[h:2 * h].zero_()
+        return rnn
+
+    return build
+
+
+for _name in TORCH_CELLS:
+    CELLS.register(_name, object)(_torch_stack(_name))
+del _name
+
+
+def make_recurrent(cfg: RecurrentConfig, input_size: int) -> nn.Module:
+    """The recurrent stack a model config describes, from the CELLS registry: a module
+    called as `module(x, hidden=None) -> (out, hidden)`, x of shape (batch, time,
+    input_size), out (batch, time, cfg.hidden_size)."""
+    return CELLS.get(cfg.cell).build(cfg, input_size)
 
 
 # Model schemas by config option family: the `model` group's YAML files extend one of

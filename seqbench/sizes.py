@@ -62,7 +62,8 @@ def recurrent_estimate(model_cfg, vocab: int, streams: int, steps: int) -> Estim
 def check(cfg, task, memory_bytes: int, where: str) -> None:
     """Raise ConfigError (one line: key, value, the estimate) when the run cannot fit."""
     model = cfg.model
-    if getattr(model, "cell", None) in GATES and int(model.num_layers) > MAX_LAYERS:
+    # every recurrent stack, a plugin's too: the layers are built one by one in Python
+    if getattr(model, "cell", None) and int(model.num_layers) > MAX_LAYERS:
         raise ConfigError("model.num_layers", model.num_layers,
                           f"at most {MAX_LAYERS}: building {4 * int(model.num_layers):,} "
                           "parameter tensors one by one is slow (10,000 layers took 7 s, "

@@ -293,6 +293,21 @@ def conflict(job_dir: Path, flat_config: Mapping[str, Any]) -> Conflict | None:
     return Conflict(job_dir, str(summary["status"]), differ) if differ else None
 
 
+def job_state(job_dir: Path, flat_config: Mapping[str, Any]) -> tuple[bool, Conflict | None]:
+    """(`finished(job_dir, flat_config)`, `conflict(job_dir, flat_config)`) from one read
+    of the job's summary.json: the resume scan of a 10,000-job sweep reads each once."""
+    summary = read_summary(job_dir)
+    if not isinstance(summary, dict) or summary.get("status") not in KEEP:
+        return False, None
+    config = summary.get("config")
+    if not isinstance(config, dict):
+        return False, None
+    differ = differences(config, flat_config)
+    if differ:
+        return False, Conflict(job_dir, str(summary["status"]), differ)
+    return summary["status"] in TERMINAL, None
+
+
 def conflict_lines(conflicts: Sequence[Conflict], how: str, first: int = 5) -> list[str]:
     """One line per conflict for the first few, then one line counting the rest."""
     lines = [c.line(how) for c in conflicts[:first]]

@@ -2,16 +2,17 @@
 
 Per optimizer step: forward/backward over `accum_steps` micro-batches -> [fp16: unscale]
 -> pre-clip global L2 norm -> clip -> optimizer step. Per-step numbers stay on the
-device; every `log_every` steps one host read flushes them to metrics.parquet and checks
-the non-finite and explosion flags, so a divergence is found at its exact step without
-a host sync per step. Divergence is a result: the run ends `diverged` and returns
-normally. Only an unexpected error is an error, and it is written to summary.json
-before it propagates.
+device; every `log_every` steps one host read flushes them to metrics.parquet (encoded
+and written on a background thread: seqbench.writer) and checks the non-finite and
+explosion flags, so a divergence is found at its exact step without a host sync per
+step. Divergence is a result: the run ends `diverged` and returns normally. Only an
+unexpected error is an error, and it is written to summary.json before it propagates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -45,6 +46,8 @@ from seqbench.metrics import (
 from seqbench.models import count_parameters
 from seqbench.optim import build_optimizer, build_schedule
 from seqbench.outcome import outcome
+from seqbench.tblog import TensorBoardLog
+from seqbench.writer import MetricsWriter
 
 log = logging.getLogger("seqbench.train")
 
@@ -108,6 +111,9 @@ class Trainer:
         t = self.t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
         self.flat_config = flat(cfg)  # ~0.5 ms to build; summary.json is written per flush
         self.task_given = task
+        # metrics.parquet and param_metrics.parquet are encoded and written off this
+        # thread, at most one write pending (seqbench.writer states what a kill loses)
+        self.writer = MetricsWriter()
         self._build()
         # the input-independent score to beat, on exactly the validation data evaluate()
         # scores: a run that ends no better did not learn (seqbench.outcome)
@@ -123,6 +129,12 @@ class Trainer:
             (self.run_dir / CHECKPOINT_FILE).unlink()  # resume=never: start over
         if not self.resumed_from:
             self._clear_previous_run()
+        # TensorBoard (trainer.tensorboard): a resumed run's new event file tells
+        # TensorBoard to drop the old one's steps after the checkpoint (purge_step)
+        self.tb = TensorBoardLog(self.run_dir, self.experiment_config(),
+                                 self.task.metric.name,
+                                 purge_step=self.start_step if self.resumed_from else None
+                                 ) if getattr(t, "tensorboard", False) else None
 
     # what a run writes into its directory: a fresh start removes an earlier run's, so
     # a replaced run (--force) never leaves a file of another experiment beside this one's
@@ -131,13 +143,16 @@ class Trainer:
     def _clear_previous_run(self) -> None:
         for name in self.RUN_FILES:
             (self.run_dir / name).unlink(missing_ok=True)
+        for events in self.run_dir.glob("events.out.tfevents.*"):
+            events.unlink()
 
     def _build(self) -> None:
         """Seed, data, model, optimizer, clipper and run state, as at step 0."""
         t, cfg, task = self.t, self.cfg, self.task_given
-        threads = int(t.threads) or _slurm_cpus()
-        if threads:
-            torch.set_num_threads(threads)
+        # 0: the SLURM allocation's CPUs (cores of the job's own), else one thread: with
+        # torch's default of one per core, a run next to one busy process ran 2.7-13x
+        # slower (TrainerConfig.threads; reports/bench/threads.md)
+        torch.set_num_threads(int(t.threads) or _slurm_cpus() or 1)
         seed_everything(int(cfg.seed), bool(t.deterministic))
         self.device = resolve_device(t.device)
         if self.device.type == "cpu":
@@ -145,6 +160,8 @@ class Trainer:
         self.task = task if task is not None else build_task(cfg.task)
         self.accum = int(t.accum_steps)
         self.task.setup(self.device, self.accum)
+        # read once: on a config-backed task each read costs ~0.1 ms of OmegaConf lookups
+        self.tokens_per_step = int(self.task.tokens_per_step)
         self.model = self.task.build_model(cfg.model).to(self.device)
         names = [n for n, _ in self.model.named_parameters()]
         self.frozen = frozen_names(names, list(t.freeze)) if t.freeze else []
@@ -299,7 +316,7 @@ class Trainer:
             st.divergence_step = int(steps[i])
             if st.divergence == "nonfinite":
                 st.first_nonfinite_step = int(steps[i])
-        tpt = self.task.tokens_per_step
+        tpt = self.tokens_per_step
         cols = {
             "step": steps[:stop_at],
             "tokens": steps[:stop_at] * tpt,
@@ -319,13 +336,34 @@ class Trainer:
                 if first_step <= s < first_step + stop_at:
                     col[s - first_step] = e.get(name, np.nan)
             cols[name] = col
-        self.metrics.append(cols)
-        if self.param_log is not None:
-            self.param_log.flush(int(cols["step"][-1]) if stop_at else first_step - 1)
+        changed = [self.metrics] if self.metrics.add(cols) else []
+        if self.param_log is not None and self.param_log.flush(
+                int(cols["step"][-1]) if stop_at else first_step - 1):
+            changed.append(self.param_log.file)
         st.skipped_steps += int(f["skipped"][:stop_at].sum())
         st.steps_completed = int(steps[stop_at - 1]) if stop_at else st.steps_completed
         st.tokens_seen = st.steps_completed * tpt
+        # last, so that the state above is current even when a failed earlier write is
+        # raised here; the files are encoded and written on the writer thread
+        jobs = [f.snapshot().write for f in changed]
+        if self.tb is not None and stop_at:
+            jobs.append(functools.partial(self.tb.rows, cols))
+        self.writer.submit(*jobs)
         return bool(bad.any())
+
+    def _rewrite_jobs(self) -> list:
+        """The writes of every metrics file that holds rows, whole (the error path)."""
+        files = [self.metrics, *([self.param_log.file] if self.param_log else [])]
+        return [f.snapshot().write for f in files if f.rows]
+
+    def close(self) -> None:
+        """Wait for the pending metrics write (raising its error) and stop the writer
+        thread. `run` does this itself; code that drives `loop_step` directly (the
+        benchmark) calls it when done."""
+        try:
+            self.writer.drain()
+        finally:
+            self.writer.close()
 
     # ---- the run --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -357,6 +395,9 @@ class Trainer:
                         self.save_checkpoint(step)
                         stopped_by = self.pending_signal
                         break
+            # the last hand-over on disk before anything is reported (a write's error
+            # is raised here, and recorded below as the run's error)
+            self.writer.drain()
             if stopped_by is not None:
                 self.state.status = "interrupted"
                 self.state.error = f"stopped by {signal.Signals(stopped_by).name} at step " \
@@ -377,7 +418,12 @@ class Trainer:
             self.write_summary()
             raise
         finally:
+            self.writer.close()
             _restore_signal_handlers(previous)
+            if self.tb is not None:  # after the last rows; an ended run closes its session
+                st = self.state
+                self.tb.close(st.evals.get(st.steps_completed), st.steps_completed,
+                              ended=st.status in ("completed", "diverged"))
         if stopped_by is not None:
             log.info("stopped by signal %s at step %d; checkpoint saved",
                      signal.Signals(stopped_by).name, self.state.steps_completed)
@@ -387,7 +433,8 @@ class Trainer:
             if callable(handler):
                 handler(stopped_by, None)
             raise Interrupted(stopped_by)
-        self.metrics.write(durable=True)  # the final rows (and evaluation), fsynced
+        # the final rows (and evaluation), fsynced, on this thread: the writer is closed
+        self.metrics.write(durable=True)
         self.save_clip_state()
         (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the run is over
         summary = self.write_summary()
@@ -397,7 +444,8 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         """Everything needed to continue after `step` (a flush boundary: the metrics file
-        holds exactly the rows up to it)."""
+        holds exactly the rows up to it, once the pending write has landed)."""
+        self.writer.drain()
         st = self.state
         ckpt.save(self.run_dir / CHECKPOINT_FILE, {
             "step": step,
@@ -417,7 +465,7 @@ class Trainer:
                 "initial_loss": self.initial_loss, "step_count": self.step_count,
                 "elapsed": self.elapsed(), "eval_seconds": self.eval_seconds,
                 "resumed_from": list(self.resumed_from),
-                "metrics_rows": len(self.metrics.column("step")),
+                "metrics_rows": self.metrics.rows,
             },
         })
         self.checkpointed_at = step
@@ -470,6 +518,10 @@ class Trainer:
         window; True when the run must stop (it diverged). `seqbench bench` times exactly
         this, so the benchmark measures the loop a run executes."""
         self.step()
+        if self.buffer.n == 1:
+            # the previous flush's write ran beside this step; it lands before the run
+            # goes further, so a kill never loses more than one window (seqbench.writer)
+            self.writer.drain()
         every = self.t.eval_every
         if every and step % every == 0 and step != max_steps:
             self.evaluate(step)
@@ -513,9 +565,27 @@ class Trainer:
         return False
 
     def _flush_partial(self) -> None:
-        if self.buffer.n:
-            with contextlib.suppress(Exception):
+        """After an error or Ctrl-C: every row in memory to disk, as far as that still works.
+
+        Without buffered steps the whole files are handed over again, since the last
+        hand-over may have been cut short (the error raised by `submit` was the previous
+        write's, or Ctrl-C came while waiting for it); after a failure, once more. A failure
+        here is logged, not raised: summary.json records the error that ended the run."""
+        try:
+            if self.buffer.n:
                 self.flush(self.state.steps_completed + 1)
+            else:
+                self.writer.submit(*self._rewrite_jobs())
+            self.writer.drain()
+            return
+        except Exception as e:
+            log.warning("writing the last metrics rows failed (%s: %s); trying again",
+                        type(e).__name__, e)
+        try:
+            self.writer.submit(*self._rewrite_jobs())
+            self.writer.drain()
+        except Exception as e:
+            log.error("the metrics files lack the last rows: %s: %s", type(e).__name__, e)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start

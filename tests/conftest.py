@@ -1,10 +1,17 @@
+import inspect
 import os
+from pathlib import Path
 
-import pytest
-import torch
-from hypothesis import settings
+# Plugins installed in this environment (make setup installs examples/plugin) must not
+# change what the suite sees: option lists, error lines, --help. Set before seqbench.config
+# is imported (it loads plugins); tests/test_plugins.py loads them in subprocesses.
+os.environ["SEQBENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
-from seqbench.config import compose
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from seqbench.config import compose  # noqa: E402
 
 # The same examples on every run, so CI cannot fail by chance; explore more with
 # HYPOTHESIS_PROFILE=explore (random examples, ten times as many).
@@ -42,3 +49,26 @@ def _no_flush_denormal_leak():
     must not inherit it."""
     yield
     torch.set_flush_denormal(False)
+
+
+SEQBENCH_PACKAGE = Path(__file__).resolve().parent.parent / "seqbench"
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Every host read of a tensor's values (`.item()`, `bool()`, `.cpu()`, ...) made from
+    seqbench's own code, as "name at file:line": on CUDA each is a sync, so the step path
+    must make none."""
+    seen: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, __original=original, __name=name, **kw):
+            caller = inspect.stack(context=0)[1]
+            if Path(caller.filename).resolve().is_relative_to(SEQBENCH_PACKAGE):
+                seen.append(f"{__name} at {Path(caller.filename).name}:{caller.lineno}")
+            return __original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return seen

@@ -7,33 +7,11 @@ own code (torch's internals, e.g. the optimizer reading its CPU step counter, ar
 ours to police here; the CUDA check with `torch.cuda.set_sync_debug_mode` is).
 """
 
-import inspect
-from pathlib import Path
 
 import pytest
 import torch
 
-import seqbench
 from seqbench.train import Trainer
-
-PACKAGE = Path(seqbench.__file__).resolve().parent
-READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
-
-
-@pytest.fixture
-def host_reads(monkeypatch):
-    seen: list[str] = []
-    for name in READS:
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *a, __original=original, __name=name, **kw):
-            caller = inspect.stack(context=0)[1]
-            if Path(caller.filename).resolve().is_relative_to(PACKAGE):
-                seen.append(f"{__name} at {Path(caller.filename).name}:{caller.lineno}")
-            return __original(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    return seen
 
 
 @pytest.mark.parametrize("clip", [

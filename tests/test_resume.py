@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,16 @@ def _rows(run_dir: Path) -> int:
         return 0
 
 
+def _kill_at(run, proc, rows: int, output) -> None:
+    """SIGKILL the training process once its metrics file holds `rows` rows."""
+    deadline = time.monotonic() + 120
+    while _rows(run) < rows and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"finished or failed before the kill: {output()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_run(tmp_path):
     overrides = [*RESUMABLE, "trainer.max_steps=300", "trainer.checkpoint_every=20",
@@ -201,12 +212,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_run(tmp_path):
     ref = _train(tmp_path / "ref", overrides)
     run = tmp_path / "run"
     proc = _train(run, overrides)
-    deadline = time.monotonic() + 120
-    while _rows(run) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_at(run, proc, kill_after, lambda: proc.stderr.read())
     # whatever instant it died at, every file left behind is readable
     rows_at_kill = _rows(run)
     assert rows_at_kill >= kill_after
@@ -243,3 +249,73 @@ def test_a_handler_installed_before_ours_still_gets_the_signal(tmp_path):
     assert calls == [(signal.SIGUSR2, True)]
     assert summary(tmp_path)["status"] == "interrupted"
     assert load(tmp_path / CHECKPOINT_FILE)["step"] == 12
+
+
+# ---- SIGKILL and the background metrics writer: what a killed run keeps ---------------
+
+# `seqbench train` whose every metrics write first sleeps: far slower than the steps, so
+# the writer's bound (one write pending) decides what a kill keeps
+SLOW_WRITES_TRAIN = """
+import runpy, sys, time
+import seqbench.metrics as m
+write, delay = m.Snapshot.write, float(sys.argv.pop(1))
+def slow(self, durable=False):
+    time.sleep(delay)
+    write(self, durable)
+m.Snapshot.write = slow
+runpy.run_module("seqbench", run_name="__main__")
+"""
+
+
+def _train_logging(run_dir: Path, overrides: list[str], log: Path,
+                   write_delay: float) -> subprocess.Popen:
+    """`seqbench train` with its log lines (one per flush, "step N/M") going to `log`."""
+    head = ["-m", "seqbench"] if not write_delay else ["-c", SLOW_WRITES_TRAIN, str(write_delay)]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, *head, "train", *overrides, f"hydra.run.dir={run_dir}"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _last_logged_step(log: Path) -> int:
+    steps = re.findall(r"step (\d+)/\d+", log.read_text())
+    return int(steps[-1]) if steps else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write_delay", [0.0, 0.03])
+def test_sigkill_keeps_a_prefix_within_the_writers_bound_and_resume_completes(tmp_path,
+                                                                                write_delay):
+    """Killed at several moments, the run's metrics.parquet is always whole and holds the
+    steps 1..k for a k at least the flush before the last one the process logged (seqbench/
+    writer.py: a hand-over waits for the previous write, and the progress line of a flush is
+    logged after its hand-over); the same command then finishes every step exactly once.
+    With slow writes (0.03 s each, steps take ~1 ms) a writer that queued hand-overs
+    instead of waiting would fall far behind and fail the bound."""
+    every = 5
+    overrides = [*RESUMABLE, "trainer.max_steps=300", f"trainer.log_every={every}",
+                 "trainer.checkpoint_every=40", "trainer.eval_every=100",
+                 "trainer.param_log_every=3", "trainer.progress=log"]
+    run = tmp_path / "run"
+    kept = []
+    for i, target in enumerate((20, 120, 220)):  # each above what the last kill left
+        log = tmp_path / f"kill{i}.log"
+        proc = _train_logging(run, overrides, log, write_delay)
+        _kill_at(run, proc, target, log.read_text)
+        steps = pq.read_table(run / "metrics.parquet", columns=["step"])["step"].to_pylist()
+        k, reached = len(steps), _last_logged_step(log)
+        assert steps == list(range(1, k + 1))  # readable, contiguous, nothing twice
+        assert reached - every <= k <= reached + every, (k, reached)
+        assert k >= target
+        kept.append((k, reached))
+    print("kept rows, last logged step:", kept)  # shown if the test fails
+
+    log = tmp_path / "final.log"
+    again = _train_logging(run, overrides, log, write_delay)
+    assert again.wait(timeout=300) == 0, log.read_text()
+    assert np.array_equal(metrics(run)["step"], np.arange(1, 301))
+    s = summary(run)
+    assert s["status"] == "completed" and s["steps_completed"] == 300
+    params = pq.read_table(run / "param_metrics.parquet", columns=["step", "name"]).to_pandas()
+    assert not params.duplicated().any()
+    assert sorted(set(params["step"])) == list(range(3, 301, 3))

@@ -67,6 +67,7 @@ class Variant:
     key: str
     label: str
     run: Callable[[int], None]  # run n steps (n a multiple of the flush window)
+    close: Callable[[], None] = lambda: None  # after timing: the trainer's last write lands
 
 
 def device_slug(device: torch.device) -> str:
@@ -173,7 +174,8 @@ def build_variants(size: str, device: torch.device, workdir: Path, threads: int,
         more = (f"trainer.param_log_every={param_every}",) if key == "f" else ()
         cfg = compose([*common, *overrides, *more])
         validate(cfg)
-        variants.append(Variant(key, label, trainer_loop(cfg, workdir / key)[0]))
+        run, trainer = trainer_loop(cfg, workdir / key)
+        variants.append(Variant(key, label, run, trainer.close))
     return variants
 
 
@@ -223,6 +225,8 @@ def bench_size(size: str, device: torch.device, steps: int, repeats: int, warmup
         steps = max(log_every, steps // log_every * log_every)
         warmup = max(log_every, warmup // log_every * log_every)
         times = measure(variants, device, steps, repeats, warmup, progress)
+        for v in variants:  # metrics writes run on a thread: done before tmp is removed
+            v.close()
     rows = summarise(times, {v.key: v.label for v in variants}, tokens_per_step * steps)
     ratios = {"b/a": rows["b"]["tokens_per_s"] / rows["a"]["tokens_per_s"],
               "d/b": rows["d"]["tokens_per_s"] / rows["b"]["tokens_per_s"]}
