@@ -27,7 +27,15 @@ from torch import Tensor
 from seqbench.clipping import CLIP, global_norm
 
 # config.py's own checks and wording, so that every line is the CLI's (private names there)
-from seqbench.config import _field_errors, _first_line, _known_keys, _resolve, _type_rule
+from seqbench.config import (
+    _field_errors,
+    _first_line,
+    _known_keys,
+    _resolve,
+    _type_rule,
+    clip_errors,
+    selector_errors,
+)
 from seqbench.errors import ConfigError, ConfigErrors
 
 
@@ -72,12 +80,9 @@ def clip_config(method: str, keys: dict[str, Any]) -> DictConfig:
     resolved, errors = _resolve(root)
     if not errors:
         errors = _field_errors(entry.schema, resolved["clip"], "clip.")
-    if not errors and root.clip.method != method:  # config._selector_errors' rule
-        errors.append(ConfigError("clip.method", root.clip.method, f"one of {method} with "
-                                  "these clip settings (another clip: clip=OPTION)"))
-    # config._cross_errors' clip rule that needs no trainer
-    if not errors and root.clip.get("relative") and root.clip.get("scope") != "global":
-        errors.append(ConfigError("clip.relative", True, "only with clip.scope=global"))
+    if not errors:  # the CLI's rules for the clip group that need no trainer
+        errors = selector_errors("clip", resolved["clip"], entry.schema) \
+            + clip_errors(resolved["clip"])
     if errors:
         raise ConfigErrors(errors)
     OmegaConf.resolve(root)  # an ${oc.env:...} is read now, not at the first call

@@ -303,20 +303,30 @@ def _raw_value(cfg: DictConfig, key: str) -> Any:
 
 
 def _selector_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
-    """`task.name`, `optim.name` and `clip.method` pick the code that builds the group.
-    Each must name an entry whose schema is the one the group option composed; otherwise
-    the builder of one entry would get the settings of another (GROUP=OPTION switches)."""
-    out = []
-    for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP),
-                            ("model", CELLS)):
-        field_name = registry.key.split(".", 1)[1]
-        fits = [e.name for e in registry.entries() if e.schema is schemas[group]]
-        value = r[group].get(field_name)
-        if fits and value not in fits:
-            out.append(ConfigError(registry.key, value,
-                                   f"one of {', '.join(fits)} with these {group} settings "
-                                   f"(another {group}: {group}=OPTION)"))
-    return out
+    """`task.name`, `optim.name`, `clip.method` and `model.cell` pick the code that
+    builds the group; see `selector_errors`."""
+    return [e for group in ("task", "optim", "clip", "model")
+            for e in selector_errors(group, r[group], schemas[group])]
+
+
+def selector_errors(group: str, values: dict, schema: Any) -> list[ConfigError]:
+    """The group's selector must name an entry whose schema is the one the group option
+    composed; otherwise the builder of one entry would get the settings of another
+    (GROUP=OPTION switches). Also used by `seqbench.Clipper`."""
+    registry = {"task": TASKS, "optim": OPTIM, "clip": CLIP, "model": CELLS}[group]
+    fits = [e.name for e in registry.entries() if e.schema is schema]
+    value = values.get(registry.key.split(".", 1)[1])
+    if fits and value not in fits:
+        return [ConfigError(registry.key, value, f"one of {', '.join(fits)} with these "
+                            f"{group} settings (another {group}: {group}=OPTION)")]
+    return []
+
+
+def clip_errors(clip: dict) -> list[ConfigError]:
+    """Rules between clip keys that need no trainer (also used by `seqbench.Clipper`)."""
+    if clip.get("relative") and clip.get("scope") != "global":
+        return [ConfigError("clip.relative", True, "only with clip.scope=global")]
+    return []
 
 
 def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
@@ -403,8 +413,7 @@ def _cross_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
     if clip.get("error_if_nonfinite") and t["on_nonfinite"] == "skip":
         out.append(ConfigError("clip.error_if_nonfinite", True,
                                "contradicts trainer.on_nonfinite=skip; use one of them"))
-    if clip.get("relative") and clip.get("scope") != "global":
-        out.append(ConfigError("clip.relative", True, "only with clip.scope=global"))
+    out += clip_errors(clip)
     if clip.get("relative") and clip["calibration_steps"] >= t["max_steps"]:
         out.append(ConfigError("clip.calibration_steps", clip["calibration_steps"],
                                f"must be < trainer.max_steps={t['max_steps']}"))

@@ -74,3 +74,19 @@ def test_threads_bench_compares_each_option_idle_and_busy(tmp_path, monkeypatch)
                              "torch": "2", "steps": 5, "repeats": 1, "rows": rows})
     assert "| demo | 4 threads (torch's default) | 10.0 | 30.0 | 3.00 | MISSED |" in page
     json.dumps(rows)  # the result file is JSON
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["validate", "--jobs", "0"], "seqbench: error: argument --jobs: 0 must be >= 1"),
+    (["validate", "--jobs", "x"], "seqbench: error: argument --jobs: 'x' is not an integer"),
+    (["validate", "--preset", "nosuch"], "seqbench: error: --preset=nosuch: one of "),
+    (["threads", "--steps", "-3"], "seqbench: error: argument --steps: -3 must be >= 1"),
+    (["threads", "--sizes", "huge"], "seqbench: error: argument --sizes: invalid choice"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, line, tmp_path, capsys):
+    from seqbench.cli import cmd_bench
+
+    assert cmd_bench([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line)
+    assert not list(tmp_path.iterdir())  # nothing written

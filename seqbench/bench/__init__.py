@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad one is argparse's one-line usage error)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def machine() -> dict[str, Any]:
     """Where and when a benchmark ran: every result file starts with this."""
     return {"date": dt.date.today().isoformat(), "machine": platform.machine(),

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqbench.bench import machine, write_result
+from seqbench.bench import machine, positive_int, write_result
 from seqbench.errors import ArgumentParser, parse_args
 
 TARGET = 1.3 * 2
@@ -105,11 +105,13 @@ def main(argv: list[str]) -> int:
         description="Time `train` with each thread setting, idle and next to one busy "
                     "process; write reports/bench/threads.{json,md}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per option and state")
+    parser.add_argument("--steps", type=positive_int, default=200, help="training steps per run")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="runs per option and state")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--out", default="reports/bench", help="where to write the results")
     args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help, or a usage error already printed
+        return args
     import torch
 
     rows = []

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqbench.bench import machine, write_result
+from seqbench.bench import machine, positive_int, write_result
 from seqbench.errors import ArgumentParser, parse_args
 
 TARGETS_S = {10_000: 15.0, 100_000: 150.0}  # issue 13, on 2 cores
@@ -145,13 +145,19 @@ def main(argv: list[str]) -> int:
                     "child process, once into an empty directory and once with every job "
                     "finished); write reports/bench/validate.{json,md}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--jobs", type=int, nargs="+", default=[10_000],
+    parser.add_argument("--jobs", type=positive_int, nargs="+", default=[10_000],
                         help="sweep sizes to time (rounded up to whole seeds of the grid)")
     parser.add_argument("--preset", default="demo", help="the sweep preset to cross with seeds")
     parser.add_argument("--out", default="reports/bench", help="where to write the results")
     args = parse_args(parser, argv)
-    if any(n < 1 for n in args.jobs):
-        parser.error(f"--jobs={min(args.jobs)}: must be >= 1")
+    if isinstance(args, int):  # --help, or a usage error already printed
+        return args
+    from seqbench.cli import presets
+
+    if args.preset not in presets():
+        print(f"seqbench: error: --preset={args.preset}: one of {', '.join(presets())}",
+              file=sys.stderr)
+        return 2
     per_seed = jobs_per_seed(args.preset)
     runs = []
     for n in args.jobs:
