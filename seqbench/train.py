@@ -150,8 +150,8 @@ class Trainer:
         """Seed, data, model, optimizer, clipper and run state, as at step 0."""
         t, cfg, task = self.t, self.cfg, self.task_given
         # 0: the SLURM allocation's CPUs (cores of the job's own), else one thread: with
-        # torch's default of one per core, a run next to one busy process ran 2.7-13x
-        # slower (TrainerConfig.threads; reports/bench/threads.md)
+        # torch's default of one per core, `train` next to one busy process ran 3.15x
+        # slower, with one thread 1.03x (reports/bench/threads.md)
         torch.set_num_threads(int(t.threads) or _slurm_cpus() or 1)
         seed_everything(int(cfg.seed), bool(t.deterministic))
         self.device = resolve_device(t.device)
