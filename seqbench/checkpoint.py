@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqbench.metrics import atomic_write_bytes
+from seqbench.rundir import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 VERSION = 1

@@ -10,10 +10,6 @@ seqbench.writer), which also says what a killed run can lose.
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-import os
 import platform
 import socket
 import subprocess
@@ -28,8 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-SCHEMA_VERSION = 1
-STATUSES = ("running", "completed", "diverged", "error", "interrupted")
+from seqbench.rundir import atomic_write_bytes
 
 # device-side columns, in buffer order; the flags (non-finite, exploded, skipped) are
 # derived from these on the host at each flush
@@ -78,51 +73,6 @@ class StepBuffer:
         out = {name: host[:, i] for i, name in enumerate(DEVICE_COLUMNS)}
         out["clipped"] = out["clipped"] > 0.5
         return out
-
-
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write to a temporary file and rename it into place: a reader, or a process killed
-    mid-write, never sees half a file. `durable` also fsyncs first, so the file survives a
-    machine crash; the per-flush writes of a running run skip that (a few ms each, 5% of
-    a small CPU step) because the run's final write and its checkpoints are durable."""
-    path = Path(path)
-    # a name unique to this process and call; created with mode 0666 so the umask
-    # applies as for any new file (mkstemp's 0600 would need a chmod and a umask read)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-_TMP_COUNTER = itertools.count()
-
-
-def json_safe(obj: Any) -> Any:
-    """JSON has no NaN/Inf: non-finite numbers become null (never a made-up value)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def write_json(path: Path, obj: Any, durable: bool = True) -> None:
-    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode(), durable)
 
 
 PARAM_SCHEMA = pa.schema([

@@ -28,13 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seqbench.config import NON_EXPERIMENT_KEYS
-
-TERMINAL = ("completed", "diverged")
-# statuses whose run directory holds results or resumable work: never replaced silently
-KEEP = (*TERMINAL, "interrupted", "running")
-SWEEP_FILE = "sweep.json"  # in a sweep directory: the preset and globals it was keyed by
-
+from seqbench.rundir import (
+    KEEP,
+    NON_EXPERIMENT_KEYS,
+    SWEEP_FILE,
+    TERMINAL,
+    atomic_write_text,
+    differences,
+    experiment_config,
+    read_summary,
+    same_experiment,
+)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 MAX_NAME = 160
@@ -161,33 +165,12 @@ def job_name(overrides: Sequence[str]) -> str:
     return name
 
 
-def experiment_config(flat_config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flat_config.items() if k not in NON_EXPERIMENT_KEYS}
-
-
-def read_summary(job_dir: Path) -> dict | None:
-    try:
-        return json.loads((job_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def finished(job_dir: Path, flat_config: Mapping[str, Any]) -> bool:
     """True when the job already ended completed/diverged with this very config."""
     summary = read_summary(job_dir)
     if not summary or summary.get("status") not in TERMINAL:
         return False
     return same_experiment(summary.get("config") or {}, flat_config)
-
-
-_OFF = (None, False, 0, "", (), [], {})
-
-
-def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Equal experiment configs. A key only one side has matches when its value there is
-    an off-state (null, false, 0, empty): options are added switched off, so a run
-    recorded before an option existed is the same experiment as one with it off."""
-    return not differences(a, b)
 
 
 def config_identity(flat_config: Mapping[str, Any]) -> str:
@@ -235,28 +218,7 @@ def write_sweep_file(sweep_dir: Path, preset: str, arguments: Sequence[str]) -> 
     """`sweep.json`: what the directory's name stands for, for people and for tools."""
     info = {"preset": preset, "globals": experiment_globals(arguments),
             "overrides": list(arguments)}
-    path = sweep_dir / SWEEP_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, old value, new value) for every experiment key where two configs differ,
-    with the tolerance of `same_experiment` for options one side does not have."""
-    a, b = experiment_config(old), experiment_config(new)
-    out = []
-    missing = object()
-    for k in sorted(a.keys() | b.keys()):
-        va, vb = a.get(k, missing), b.get(k, missing)
-        if va is missing or vb is missing:
-            present = vb if va is missing else va
-            if present in _OFF:
-                continue
-        elif va == vb:
-            continue
-        out.append((k, None if va is missing else va, None if vb is missing else vb))
-    return out
+    atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

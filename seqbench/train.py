@@ -31,21 +31,20 @@ from omegaconf import DictConfig, OmegaConf
 from seqbench import checkpoint as ckpt
 from seqbench.checkpoint import CHECKPOINT_FILE
 from seqbench.clipping import build_clipper, global_norm
-from seqbench.config import NON_EXPERIMENT_KEYS, flat, frozen_names
+from seqbench.config import flat, frozen_names
 from seqbench.data.tasks import build_task
 from seqbench.metrics import (
     EVAL_COLUMNS,
-    SCHEMA_VERSION,
     MetricsFile,
     ParamLog,
     StepBuffer,
     env_info,
     grad_norm_stats,
-    write_json,
 )
 from seqbench.models import count_parameters
 from seqbench.optim import build_optimizer, build_schedule
 from seqbench.outcome import outcome
+from seqbench.rundir import SCHEMA_VERSION, TERMINAL, differences, experiment_config, write_json
 from seqbench.tblog import TensorBoardLog
 from seqbench.writer import MetricsWriter
 
@@ -423,7 +422,7 @@ class Trainer:
             if self.tb is not None:  # after the last rows; an ended run closes its session
                 st = self.state
                 self.tb.close(st.evals.get(st.steps_completed), st.steps_completed,
-                              ended=st.status in ("completed", "diverged"))
+                              ended=st.status in TERMINAL)
         if stopped_by is not None:
             log.info("stopped by signal %s at step %d; checkpoint saved",
                      signal.Signals(stopped_by).name, self.state.steps_completed)
@@ -473,12 +472,15 @@ class Trainer:
 
     def experiment_config(self) -> dict[str, Any]:
         """The config that defines what is measured: a checkpoint of another is not ours."""
-        return {k: v for k, v in self.flat_config.items() if k not in NON_EXPERIMENT_KEYS}
+        return experiment_config(self.flat_config)
 
     def _restore(self, data: dict[str, Any]) -> None:
         """Continue from a checkpoint of this experiment (raises if it is not one)."""
-        if data["config"] != self.experiment_config():
-            raise ckpt.CheckpointError("the checkpoint belongs to another config")
+        differ = differences(data["config"], self.experiment_config())
+        if differ:  # the sweep's rule: options added since, switched off, are no change
+            raise ckpt.CheckpointError(
+                "the checkpoint belongs to another config ("
+                + ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differ[:3]) + ")")
         step, run = int(data["step"]), data["run"]
         rows = MetricsFile.read_upto(self.run_dir / "metrics.parquet", step)
         if rows is None or len(rows["step"]) != int(run["metrics_rows"]):

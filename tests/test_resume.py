@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from seqbench.checkpoint import CHECKPOINT_FILE, CheckpointError, load
+from seqbench.checkpoint import save as ckpt_save
 from seqbench.config import compose
 from seqbench.train import Interrupted, Trainer
 
@@ -160,6 +161,51 @@ def test_resume_never_starts_over(tmp_path):
     Trainer(cfg_for("charlm", "trainer.resume=never"), tmp_path).run()
     assert summary(tmp_path)["resumed_from"] == []
     assert metrics(tmp_path)["step"].tolist() == list(range(1, 41))
+
+
+def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path, caplog):
+    """An upgrade adds an option switched off (here `optim.warmup_steps: 0`): a run that
+    was interrupted before it must still resume at its checkpoint, as the sweep treats it
+    as the same experiment, never start over (the bug: the trainer compared strictly)."""
+    cfg = cfg_for("charlm")
+    Trainer(cfg, tmp_path / "ref").run()
+    run = tmp_path / "run"
+    trainer = Trainer(cfg, run)
+    stop_at(trainer, 23, signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    # make it a run of the older version: neither its checkpoint nor its summary knows
+    # the option
+    data = load(run / CHECKPOINT_FILE)
+    assert data["config"].pop("optim.warmup_steps") == 0
+    data.pop("version")
+    ckpt_save(run / CHECKPOINT_FILE, data)
+    s = summary(run)
+    del s["config"]["optim.warmup_steps"]
+    (run / "summary.json").write_text(json.dumps(s))
+
+    # as a user would: the CLI into the same directory, resume=auto (the default)
+    overrides = [*RESUMABLE, f"hydra.run.dir={run}"]
+    done = subprocess.run([sys.executable, "-m", "seqbench", "train", *overrides],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "not resuming" not in done.stderr + done.stdout
+    assert summary(run)["resumed_from"] == [23]
+    assert_same_run(run, tmp_path / "ref")
+
+    # a real difference is still refused (the checkpoint is not used)
+    run2 = tmp_path / "other"
+    trainer = Trainer(cfg, run2)
+    stop_at(trainer, 7, signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    data = load(run2 / CHECKPOINT_FILE)
+    data["config"]["optim.warmup_steps"] = 5
+    data.pop("version")
+    ckpt_save(run2 / CHECKPOINT_FILE, data)
+    Trainer(cfg, run2).run()
+    assert summary(run2)["resumed_from"] == []
+    assert "another config (optim.warmup_steps: 5 -> 0)" in caplog.text
 
 
 class _Payload:

@@ -217,8 +217,8 @@ def test_make_report_fills_phase_timings(tmp_path):
 
 def test_non_experiment_keys_match_the_sweeps_list():
     """The report groups cells by the same keys the sweep and the trainer use."""
-    from seqbench.config import NON_EXPERIMENT_KEYS
     from seqbench.report.stats import NON_EXPERIMENT_PREFIXES
+    from seqbench.rundir import NON_EXPERIMENT_KEYS
 
     assert tuple(NON_EXPERIMENT_PREFIXES) == tuple(NON_EXPERIMENT_KEYS)
 

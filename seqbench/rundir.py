@@ -1,0 +1,182 @@
+"""The run directory's contract: what a run writes, what its statuses mean, and when two
+runs are the same experiment.
+
+One torch-free module because every part reads it: the trainer writes the files, the
+sweep skips finished runs and refuses to overwrite another experiment's, the checkpoint
+restores only its own experiment, and the report (which must not import torch: ~2 s at
+start and ~1 s at exit) reads them back. A rule spelled twice drifts: the trainer once
+compared configs strictly while the sweep tolerated options added since, so an upgrade
+made every interrupted run start over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# ---- file names -------------------------------------------------------------------------
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.parquet"
+PARAM_METRICS_FILE = "param_metrics.parquet"
+CHECKPOINT_FILE = "checkpoint.pt"
+SWEEP_FILE = "sweep.json"  # in a sweep directory: the preset and globals it was keyed by
+
+# ---- summary.json -----------------------------------------------------------------------
+SCHEMA_VERSION = 1
+#: summary.json schema versions the report understands.
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+STATUSES = ("running", "completed", "diverged", "error", "interrupted")
+#: The run ended and has a verdict (finished, or diverged): skipped by a re-run sweep.
+TERMINAL = ("completed", "diverged")
+#: Listed as incomplete by the report and excluded from its rates.
+INCOMPLETE = ("running", "interrupted", "error")
+#: Statuses whose directory holds results or resumable work: never replaced silently.
+KEEP = (*TERMINAL, "interrupted", "running")
+DIVERGENCE_KINDS = ("nonfinite", "exploded")
+
+# ---- what makes two runs the same experiment --------------------------------------------
+#: Config keys that change where or how a run executes, not what it measures: runs that
+#: differ only in these are the same experiment (one report cell, one finished sweep job,
+#: one resumable checkpoint).
+NON_EXPERIMENT_KEYS = ("trainer.progress", "trainer.device", "trainer.threads",
+                       "trainer.log_every", "trainer.checkpoint_every", "trainer.resume",
+                       "trainer.tensorboard")
+
+#: Values that mean "switched off". Options are added switched off, so a key that only one
+#: side has matches when its value there is one of these.
+_OFF = (None, False, 0, "", (), [], {})
+
+
+def experiment_config(flat_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat config without the keys that do not change what is measured."""
+    return {k: v for k, v in flat_config.items() if k not in NON_EXPERIMENT_KEYS}
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every experiment key where two flat configs differ.
+
+    A key only one side has is no difference when its value there is off (null, false,
+    0, empty): a run recorded before an option existed is the same experiment as one with
+    the option switched off."""
+    a, b = experiment_config(old), experiment_config(new)
+    out = []
+    missing = object()
+    for k in sorted(a.keys() | b.keys()):
+        va, vb = a.get(k, missing), b.get(k, missing)
+        if va is missing or vb is missing:
+            present = vb if va is missing else va
+            if _is_off(present):
+                continue
+        elif va == vb:
+            continue
+        out.append((k, None if va is missing else va, None if vb is missing else vb))
+    return out
+
+
+def _is_off(value: Any) -> bool:
+    try:
+        return value in _OFF
+    except TypeError:  # an unhashable value compared with a dict member: never off
+        return False
+
+
+def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """The one same-experiment rule, used by the sweep (skip finished, refuse to
+    overwrite), the trainer (resume only its own checkpoint) and the report."""
+    return not differences(a, b)
+
+
+# ---- writing ----------------------------------------------------------------------------
+_TMP_COUNTER = itertools.count()
+
+
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file and rename it into place: a reader, or a process killed
+    mid-write, never sees half a file. `durable` also fsyncs first, so the file survives a
+    machine crash; the per-flush writes of a running run skip that (a few ms each, 5% of
+    a small CPU step) because the run's final write and its checkpoints are durable."""
+    path = Path(path)
+    # a name unique to this process and call (two writers never share a temporary file);
+    # created with mode 0666 so the umask applies as for any new file
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """UTF-8 text, atomically. Undecodable bytes of a path-derived string (surrogate
+    escapes) are written as backslash escapes rather than failing the write."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"), durable)
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN/Inf: non-finite numbers become null (never a made-up value).
+    numpy scalars become Python numbers (checked by name: this module imports no numpy)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    kind = type(obj).__module__
+    if kind == "numpy":
+        if type(obj).__name__ == "bool_":
+            return bool(obj)
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+def write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode(), durable)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json as a dict; None when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def unwritable(path: Path | str) -> str | None:
+    """Why seqbench could not create or write the directory `path`, or None when it can.
+
+    Asked of the file system, not guessed from permission bits (root passes every
+    `os.access` check, yet cannot make a directory in /proc or on a read-only mount): a
+    directory is made and removed again in the nearest part of `path` that exists. Run,
+    sweep, report and data directories are checked so before any work starts, and a
+    refusal is one line naming the path and the reason."""
+    target = Path(os.path.abspath(path))
+    here = target
+    while not os.path.lexists(here) and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        kind = "a file" if here.is_file() else "not a directory"
+        return f"{here} is {kind}, not a directory" if kind == "a file" else f"{here} is {kind}"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".seqbench-check-", dir=here))
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if e.errno == 2:  # ENOENT from a directory that exists: a virtual file system
+            reason = "this file system does not allow new directories"
+        return f"cannot create a directory in {here} ({reason})"
+    return None
