@@ -330,10 +330,12 @@ def hydra_errors(hydra_cfg) -> list[str]:
 
 
 def hydra_dir_errors(hydra_cfg, keys: tuple[str, ...]) -> list[str]:
-    """The output directories as Hydra will resolve and create them."""
+    """The output directories as Hydra will resolve and create them, each one that
+    cannot be created or written refused before anything starts."""
     from omegaconf import OmegaConf
 
     from seqbench.errors import ConfigError
+    from seqbench.rundir import unwritable
 
     out = []
     for key in keys:
@@ -353,6 +355,10 @@ def hydra_dir_errors(hydra_cfg, keys: tuple[str, ...]) -> list[str]:
         if "\0" in text or any(len(p.encode()) > 255 for p in text.split("/")):
             out.append(ConfigError(f"hydra.{key}", value, "a directory path without NUL "
                                    "characters, each name at most 255 bytes"))
+            continue
+        problem = unwritable(text)
+        if problem is not None:
+            out.append(ConfigError(f"hydra.{key}", value, f"cannot be written: {problem}"))
     return [one_line(e) for e in out]
 
 
@@ -444,21 +450,23 @@ def cmd_sweep(args: list[str]) -> int:
             return error(f"override={a}: expected KEY=VALUE, KEY=A,B or GROUP=OPTION")
     # Hydra composes the sweep's base config with the fixed overrides before any job;
     # check that here so a typo is one line and exit 2. Values are checked per job.
-    fixed = [a for a in args if not _is_sweep(a)]
-    problems = group_choice_errors(args) or check_config([f"+sweep={preset}", *fixed],
-                                                         values=False)
-    if problems:
-        for line in problems:
-            print(f"seqbench: error: {line}", file=sys.stderr)
-        return 2
     base = [f"+sweep={preset}", f"hydra.sweeper.preset={preset}"]
+    where = []
     if not any(a.lstrip("+").startswith("hydra.sweep.dir=") for a in args):
         # runs/<preset>, or runs/<preset>+<globals> when command-line values change every
         # job's experiment: a second sweep with other settings never writes over the first
         name = sw.sweep_dir_name(preset, args)
-        base.append(f"hydra.sweep.dir='runs/{name}'")
+        where.append(f"hydra.sweep.dir='runs/{name}'")
         if name != preset:  # finished runs of the same experiments, from before the keying
-            base.append(f"hydra.sweeper.reuse_dir='runs/{preset}'")
+            where.append(f"hydra.sweeper.reuse_dir='runs/{preset}'")
+    base += where
+    fixed = [a for a in args if not _is_sweep(a)]
+    problems = group_choice_errors(args) or check_config(
+        [f"+sweep={preset}", *where[:1], *fixed], values=False)
+    if problems:
+        for line in problems:
+            print(f"seqbench: error: {line}", file=sys.stderr)
+        return 2
     from seqbench.app import train_app
 
     saved = sys.argv
@@ -485,9 +493,13 @@ def cmd_report(args: list[str]) -> int:
     if isinstance(ns, int):
         return ns
     from seqbench.report import ReportInputError, make_report
+    from seqbench.rundir import unwritable
 
     runs = Path(ns.runs_dir)
     out = Path(ns.out) if ns.out else Path("reports") / runs.resolve().name
+    problem = unwritable(out)
+    if problem is not None:
+        return error(f"--out={out}: cannot be written: {problem}")
     try:
         result = make_report(runs, out)
     except ReportInputError as e:

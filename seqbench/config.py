@@ -25,12 +25,11 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seqbench import sizes, tblog
+from seqbench import precision, sizes, tblog
 from seqbench.checks import at_least, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
-from seqbench.experiment import NON_EXPERIMENT_KEYS  # noqa: F401 (re-exported)
 from seqbench.models import CELLS, MODEL_SCHEMAS, TORCH_CELLS
 from seqbench.optim import OPTIM
 
@@ -398,13 +397,17 @@ def _cross_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
             f"must divide task.batch_size={task['batch_size']} (the streams are split into "
             "micro-batches)",
         ))
-    if t["amp"] == "fp16" and model.get("cell") == "lstm" and (
-            t["device"] == "cpu" or (t["device"] == "auto" and not torch.cuda.is_available())):
-        out.append(ConfigError(
-            "trainer.amp", "fp16",
-            "fp16 autocast of nn.LSTM is not supported on CPU; use bf16 or off here, or CUDA",
-        ))
+    if t["amp"] != "off" and t["device"] in ("auto", "cpu", "cuda"):
+        device = precision.resolve_device(t["device"])
+        if device == "cpu" or torch.cuda.is_available():  # no GPU: trainer.device says so
+            reason = precision.autocast_failure(model, device, t["amp"])
+            if reason is not None:
+                out.append(ConfigError("trainer.amp", t["amp"], precision.amp_error_text(
+                    model, device, t["amp"], reason)))
     out += _model_family_errors(task, schemas["model"])
+    if model.get("cell") not in (None, "rnn_tanh") and model.get("init") is not None:
+        out.append(ConfigError("model.init", model["init"],
+                               "only for model.cell=rnn_tanh (use null otherwise)"))
     if model.get("forget_bias") is not None and model.get("cell") != "lstm":
         out.append(ConfigError("model.forget_bias", model["forget_bias"],
                                "only for model.cell=lstm (use null otherwise)"))

@@ -74,7 +74,6 @@ BAD = [
     (["trainer.deterministic=maybe"], "trainer.deterministic=maybe", "not a valid bool"),
     (["seed=-1"], "seed=-1", "must be >= 0"),
     (["optim=adam", "optim.betas=[0.9,2]"], "optim.betas=[0.9, 2.0]", "two numbers in [0, 1)"),
-    (["trainer.amp=fp16"], "trainer.amp=fp16", "not supported on CPU"),
     (["trainer.max_steps=0"], "trainer.max_steps=0", ">= 1"),
     (["clip=norm", "clip.max_norm=0"], "clip.max_norm=0", "must be > 0"),
     (["clip=norm", "clip.max_norm=-2"], "clip.max_norm=-2", "must be > 0"),

@@ -33,3 +33,27 @@ def test_forget_bias_on_a_gru_is_a_config_error(tiny_cfg):
 
     with pytest.raises(ConfigErrors, match="model.forget_bias"):
         validate(tiny_cfg("model=gru", "+model.forget_bias=1.0"), check_data=False)
+
+
+def test_pascanu_init_sparsity_radius_and_scale():
+    """Pascanu et al. (2013): 15 non-zero recurrent weights per row, the recurrent matrix
+    at spectral radius 0.95 (checked with numpy's eigenvalues, independently of torch's),
+    input weights from a normal with standard deviation 0.1, zero biases; drawn from the
+    seeded generator."""
+    import numpy as np
+
+    from seqbench.models import CharRNNConfig, make_recurrent
+
+    cfg = CharRNNConfig(cell="rnn_tanh", embed_dim=40, hidden_size=50, init="pascanu")
+    torch.manual_seed(0)
+    rnn = make_recurrent(cfg, 40)
+    w = rnn.weight_hh_l0.detach().double().numpy()
+    assert ((w != 0).sum(axis=1) == 15).all()
+    assert np.abs(np.linalg.eigvals(w)).max() == pytest.approx(0.95, rel=1e-6)
+    ih = rnn.weight_ih_l0.detach().numpy()
+    assert ih.std() == pytest.approx(0.1, rel=0.1) and abs(ih.mean()) < 0.02
+    assert all((b == 0).all() for n, b in rnn.named_parameters() if n.startswith("bias"))
+    torch.manual_seed(0)
+    assert torch.equal(make_recurrent(cfg, 40).weight_hh_l0, rnn.weight_hh_l0)
+    torch.manual_seed(1)
+    assert not torch.equal(make_recurrent(cfg, 40).weight_hh_l0, rnn.weight_hh_l0)

@@ -12,6 +12,7 @@ line naming the URL, the expected checksum and where to place the file by hand.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from seqbench.data import corpora
@@ -74,6 +75,12 @@ def cmd_list(ns) -> int:
 
 
 def cmd_fetch(ns) -> int:
+    from seqbench.rundir import unwritable
+
+    problem = unwritable(corpora.cache_dir())
+    if problem is not None:  # before any download: where it would land is bad input
+        where = f"${corpora.ENV_DIR}" if os.environ.get(corpora.ENV_DIR) else "data cache"
+        return _error(f"{where}={corpora.cache_dir()}: cannot be written: {problem}", 2)
     failed = 0
     for name in dict.fromkeys(ns.names):
         bar = RichBar(name) if not ns.no_progress and sys.stderr.isatty() else False
