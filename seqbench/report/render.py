@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from seqbench.report import _format as fmt
+from seqbench.report import length, length_text
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
 from seqbench.report.sentences import (
@@ -109,6 +110,25 @@ def _problem_items(collected: CollectResult) -> tuple[list[str], list[str]]:
 
 
 @dataclass
+class LengthPart:
+    """A section's sequence-length axis: sentences and the two display tables."""
+
+    sentences: list[str]
+    summary: pd.DataFrame
+    grads: pd.DataFrame
+
+    @classmethod
+    def of(cls, runs_df: pd.DataFrame, cells_df: pd.DataFrame) -> LengthPart | None:
+        """None when the runs do not vary a length (the section reads as before)."""
+        if not length.has_length_axis(cells_df):
+            return None
+        summary = length.length_summary(cells_df)
+        grads = length.grad_norms_by_length(runs_df, cells_df)
+        return cls(length_text.length_sentences(summary, cells_df, grads),
+                   length_text.length_table(summary), length_text.grad_table(grads))
+
+
+@dataclass
 class Section:
     """What a document shows for one task group (the whole report when there is one).
 
@@ -123,6 +143,7 @@ class Section:
     cells: pd.DataFrame
     note: str
     figures: list[FigureResult] = field(default_factory=list)
+    length: LengthPart | None = None
 
     @property
     def title(self) -> str:
@@ -151,6 +172,7 @@ def sections(
                 cells_table(cells_df, metric),
                 cells_note(metric, success),
                 list(figures),
+                LengthPart.of(collected.runs, cells_df),
             )
         ]
     out = []
@@ -172,6 +194,7 @@ def sections(
                 cells_table(cells_g, group.metric),
                 cells_note(group.metric, group.has_success),
                 [f for f in figures if f.task is not None and f.task.slug == group.slug],
+                LengthPart.of(runs_g, cells_g),
             )
         )
     return out
@@ -191,6 +214,13 @@ def _md_section(sec: Section) -> list[str]:
         ]
     lines += ["", f"{h} {LR_HEADING}", "", LR_NOTE, ""]
     lines.append(_md_table(sec.stable))
+    if sec.length is not None:
+        part = sec.length
+        lines += [f"{h} {length_text.LENGTH_HEADING}", ""]
+        lines += [f"- {s}" for s in part.sentences]
+        lines += ["", length_text.LENGTH_NOTE, "", _md_table(part.summary)]
+        lines += [f"{h} {length_text.GRAD_HEADING}", "", length_text.GRAD_NOTE, ""]
+        lines.append(_md_table(part.grads))
     lines += [f"{h} Configurations", "", sec.note, ""]
     lines.append(_md_table(sec.cells))
     lines += [f"{h} Figures", ""]
@@ -252,6 +282,7 @@ def _html_section(sec: Section) -> list[str]:
         f"<{h}>{e(LR_HEADING)}</{h}>",
         f"<p>{e(LR_NOTE)}</p>",
         _html_table(sec.stable),
+        *_html_length(sec, h),
         f"<{h}>Configurations</{h}>",
         f"<p>{e(sec.note)}</p>",
         _html_table(sec.cells),
@@ -267,6 +298,21 @@ def _html_section(sec: Section) -> list[str]:
             f"<figcaption><strong>{e(f.title)}.</strong> {e(f.caption)}</figcaption></figure>"
         )
     return parts
+
+
+def _html_length(sec: Section, h: str) -> list[str]:
+    if sec.length is None:
+        return []
+    e, part = html.escape, sec.length
+    return [
+        f"<{h}>{e(length_text.LENGTH_HEADING)}</{h}>",
+        '<ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in part.sentences) + "</ul>",
+        f"<p>{e(length_text.LENGTH_NOTE)}</p>",
+        _html_table(part.summary),
+        f"<{h}>{e(length_text.GRAD_HEADING)}</{h}>",
+        f"<p>{e(length_text.GRAD_NOTE)}</p>",
+        _html_table(part.grads),
+    ]
 
 
 def render_html(
@@ -349,6 +395,17 @@ def write_documents(
     _atomic_write(paths["cells_csv"], _csv(cells_df))
     _atomic_write(paths["lr_summary_csv"], _csv(stable_df))
     (out / "stable_lr.csv").unlink(missing_ok=True)
+    # the length axis: written only for runs that vary a length (and removed otherwise,
+    # so a re-rendered directory never keeps a stale one)
+    for name, table in (("length_summary_csv", length.length_summary(cells_df)),
+                        ("grad_norms_by_length_csv",
+                         length.grad_norms_by_length(collected.runs, cells_df))):
+        path = out / f"{name[:-4]}.csv"
+        if table.empty:
+            path.unlink(missing_ok=True)
+        else:
+            paths[name] = path
+            _atomic_write(path, _csv(table))
     _atomic_write(
         paths["report_md"], render_markdown(collected, cells_df, stable_df, figures, title)
     )

@@ -24,7 +24,7 @@ def _context_cols(stable_df: pd.DataFrame) -> list[str]:
     return lead + varying_within(stable_df, lead, cols)
 
 
-def _context_name(rec: dict, cols: Sequence[str]) -> str:
+def context_name(rec: dict, cols: Sequence[str]) -> str:
     """``SGD``, ``SGD with momentum 0.9 on the tanh RNN``, ``Adam (model.hidden_size=64)``."""
     name = fmt.optimizer(rec.get("optim.name")) if "optim.name" in cols else "the model"
     rest = [c for c in cols if c != "optim.name" and not fmt.is_missing(rec.get(c))]
@@ -189,7 +189,7 @@ def task_sentences(
         cell_cols = [c for c in ctx_cols if c in cells_df.columns]
         for ctx, recs in contexts.items():
             ctx_cells = [c for c in cells_rec if _key(c, cell_cols) == ctx]
-            name = _context_name(recs[0], ctx_cols)
+            name = context_name(recs[0], ctx_cols)
             said = any("LR sensitivity is the mean excess" in s for s in out)
             out += verdicts.context_sentences(name, recs, ctx_cells, metric, define=not said)
     dead = verdicts.not_learned(cells_rec, _distinguishing(cells_df), _setting_phrase, metric)

@@ -35,6 +35,12 @@ class FigureSkipped(Exception):
     """The input cannot make this figure (e.g. no run finished); the message says why."""
 
 
+class FigureNotApplicable(FigureSkipped):
+    """The figure does not apply to these runs at all (a length figure for runs that do
+    not vary a length): it is left out of the report, with no note, so reports of
+    sweeps without that axis read as before."""
+
+
 @dataclass
 class Plot:
     """A drawn figure, the tidy data behind it, and its caption."""

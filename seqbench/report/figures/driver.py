@@ -9,7 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from seqbench.report.figures import registry
-from seqbench.report.figures._common import FigureResult, FigureSkipped, _save
+from seqbench.report.figures._common import (
+    FigureNotApplicable,
+    FigureResult,
+    FigureSkipped,
+    _save,
+)
 from seqbench.report.figures.registry import FigureInput, figure_name
 from seqbench.report.stats import cell_index
 from seqbench.report.tasks import BPC, TaskGroup, split_by_task
@@ -56,6 +61,8 @@ def make_figures(
             task = group if multi else None
             try:
                 plot = spec.build(inp)
+            except FigureNotApplicable:
+                continue
             except FigureSkipped as exc:
                 results.append(
                     FigureResult(name, title, "", note=f"skipped: {exc}", kind=kind, task=task)
