@@ -18,7 +18,9 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from seqbench.outcome import OUTCOMES
 
 # ---- file names -------------------------------------------------------------------------
 SUMMARY_FILE = "summary.json"
@@ -39,6 +41,153 @@ INCOMPLETE = ("running", "interrupted", "error")
 #: Statuses whose directory holds results or resumable work: never replaced silently.
 KEEP = (*TERMINAL, "interrupted", "running")
 DIVERGENCE_KINDS = ("nonfinite", "exploded")
+
+#: Keys without which a summary cannot be interpreted.
+REQUIRED_KEYS: tuple[str, ...] = (
+    "schema_version",
+    "status",
+    "divergence",
+    "first_nonfinite_step",
+    "steps_completed",
+    "config",
+)
+#: Numeric summary fields copied into the runs table (missing -> NaN). ``divergence_step``
+#: is not in the contract's minimum but the trainer writes it; it is used when present.
+#: ``final_val_metric`` / ``best_val_metric`` are in the task's own metric (see ``metric``).
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "first_nonfinite_step",
+    "divergence_step",
+    "steps_completed",
+    "tokens_seen",
+    "final_train_loss",
+    "final_val_loss",
+    "final_val_bpc",
+    "best_val_bpc",
+    "final_val_metric",
+    "best_val_metric",
+    "baseline_val_metric",
+    "initial_loss",
+    "clip_fraction",
+    "skipped_steps",
+    "wall_seconds",
+    "tokens_per_second",
+)
+GRAD_NORM_STATS: tuple[str, ...] = ("median", "p99", "max")
+
+
+class RunSummary(TypedDict, total=False):
+    """summary.json as the trainer writes it and the report reads it (the keys readers
+    rely on; a summary may hold more). ``validate_summary`` checks these types."""
+
+    schema_version: int
+    status: str                       # STATUSES
+    divergence: str | None            # DIVERGENCE_KINDS or None
+    first_nonfinite_step: int | None
+    divergence_step: int | None
+    steps_completed: int
+    tokens_seen: int
+    final_train_loss: float | None
+    final_val_loss: float | None
+    final_val_bpc: float | None
+    best_val_bpc: float | None
+    final_val_metric: float | None
+    best_val_metric: float | None
+    baseline_val_metric: float | None
+    initial_loss: float | None
+    metric: dict[str, Any] | None     # {name, unit, lower_is_better}
+    outcome: str | None               # seqbench.outcome.OUTCOMES
+    task_success: bool | None
+    task_metrics: dict[str, Any] | None
+    grad_norm_pre: dict[str, float] | None  # {median, p99, max}
+    clip_fraction: float | None
+    skipped_steps: int
+    wall_seconds: float | None
+    tokens_per_second: float | None
+    config: dict[str, Any]            # the flat experiment config
+    env: dict[str, Any]
+    error: str | None
+
+
+class SummaryError(ValueError):
+    """A summary.json that breaks the contract; the message says how."""
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_number(value: object) -> bool:
+    """None or a finite JSON number (not a boolean, not beyond float range)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def validate_summary(data: object) -> dict:
+    """``data`` (a parsed summary.json) when every field a reader uses has the contract's
+    type; :class:`SummaryError` with the reason otherwise, and nothing else, whatever the
+    file held (the report's reader; fuzzed by tests/report/test_report_hostile.py)."""
+    if not isinstance(data, dict):
+        raise SummaryError(f"summary.json is not a JSON object (it is a {type(data).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise SummaryError(f"summary.json lacks required keys: {', '.join(missing)}")
+    version = data["schema_version"]
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, int)
+        or version not in SUPPORTED_SCHEMA_VERSIONS
+    ):
+        raise SummaryError(
+            f"summary.json schema_version {_show(version)} is not supported "
+            f"(supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
+        )
+    status = data["status"]
+    if not isinstance(status, str) or status not in STATUSES:
+        raise SummaryError(f"summary.json status {_show(status)} is not one of {sorted(STATUSES)}")
+    div = data["divergence"]
+    if div is not None and (not isinstance(div, str) or div not in DIVERGENCE_KINDS):
+        raise SummaryError(
+            f"summary.json divergence {_show(div)} is not null, nonfinite or exploded")
+    if not isinstance(data["config"], dict):
+        raise SummaryError("summary.json config is not an object")
+    bad = [k for k in NUMERIC_FIELDS if not is_number(data.get(k))]
+    if bad:
+        raise SummaryError(f"summary.json fields are not finite numbers: {', '.join(bad)}")
+    metric = data.get("metric")
+    if metric is not None and not (
+        isinstance(metric, dict)
+        and isinstance(metric.get("name"), str)
+        and metric["name"]
+        and isinstance(metric.get("unit"), str)
+        and isinstance(metric.get("lower_is_better"), bool)
+    ):
+        raise SummaryError(
+            "summary.json metric is not null or {name, unit, lower_is_better} "
+            "(a non-empty string, a string and a boolean)"
+        )
+    if data.get("outcome") is not None and data["outcome"] not in OUTCOMES:
+        raise SummaryError(f"summary.json outcome {_show(data['outcome'])} is not null or one of "
+                       f"{', '.join(OUTCOMES)}")
+    if not isinstance(data.get("task_success"), (bool, type(None))):  # 0/1 are not verdicts
+        raise SummaryError("summary.json task_success is not null, true or false")
+    if not isinstance(data.get("task_metrics"), (dict, type(None))):
+        raise SummaryError("summary.json task_metrics is not null or an object")
+    gn = data.get("grad_norm_pre")
+    if gn is not None and (
+        not isinstance(gn, dict) or not all(is_number(gn.get(s)) for s in GRAD_NORM_STATS)
+    ):
+        raise SummaryError("summary.json grad_norm_pre is not null or {median, p99, max} numbers")
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):  # a message, whatever wrote it
+        data["error"] = json.dumps(error, sort_keys=True)
+    return data
 
 # ---- what makes two runs the same experiment --------------------------------------------
 #: Config keys that change where or how a run executes, not what it measures: runs that

@@ -34,58 +34,28 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqbench.outcome import OUTCOMES
 from seqbench.report.tasks import BPC, METRIC_COLUMNS
+from seqbench.rundir import (
+    GRAD_NORM_STATS,
+    INCOMPLETE,
+    METRICS_FILE,
+    NUMERIC_FIELDS,
+    PARAM_METRICS_FILE,
+    SUMMARY_FILE,
+    TERMINAL,
+    SummaryError,
+    validate_summary,
+)
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.parquet"
-PARAM_METRICS_FILE = "param_metrics.parquet"
-
-#: summary.json schema versions this reader understands.
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
-STATUSES = frozenset({"running", "completed", "diverged", "error", "interrupted"})
 #: Runs with these statuses have an outcome (the run finished or it diverged).
-VERDICT_STATUSES = frozenset({"completed", "diverged"})
+VERDICT_STATUSES = frozenset(TERMINAL)
 #: Runs with these statuses are listed as incomplete and excluded from rates.
-INCOMPLETE_STATUSES = frozenset({"running", "interrupted", "error"})
-DIVERGENCE_KINDS = frozenset({"nonfinite", "exploded"})
+INCOMPLETE_STATUSES = frozenset(INCOMPLETE)
 #: The report's name for `clip=norm clip.relative=true` (threshold = multiple of median).
 RELATIVE_NORM = "norm_relative"
 #: The report's name for `clip=norm clip.scope=per_tensor` (Keras' `clipnorm`: each
 #: tensor by its own norm), so sentences and legends never call it global norm clipping.
 PER_TENSOR_NORM = "norm_per_tensor"
-
-#: Keys without which a summary cannot be interpreted.
-REQUIRED_KEYS: tuple[str, ...] = (
-    "schema_version",
-    "status",
-    "divergence",
-    "first_nonfinite_step",
-    "steps_completed",
-    "config",
-)
-#: Numeric summary fields copied into the runs table (missing -> NaN). ``divergence_step``
-#: is not in the contract's minimum but the trainer writes it; it is used when present.
-#: ``final_val_metric`` / ``best_val_metric`` are in the task's own metric (see ``metric``).
-NUMERIC_FIELDS: tuple[str, ...] = (
-    "first_nonfinite_step",
-    "divergence_step",
-    "steps_completed",
-    "tokens_seen",
-    "final_train_loss",
-    "final_val_loss",
-    "final_val_bpc",
-    "best_val_bpc",
-    "final_val_metric",
-    "best_val_metric",
-    "baseline_val_metric",
-    "initial_loss",
-    "clip_fraction",
-    "skipped_steps",
-    "wall_seconds",
-    "tokens_per_second",
-)
-GRAD_NORM_STATS: tuple[str, ...] = ("median", "p99", "max")
 
 #: Run-level columns of the runs table; every other column is a config key.
 #: ``metric``, ``metric_unit``, ``metric_lower_is_better`` name the task's quality measure
@@ -273,18 +243,6 @@ def _hashable(value: object) -> object:
     return value
 
 
-def _is_number(value: object) -> bool:
-    """None or a finite JSON number (not a boolean, not beyond float range)."""
-    if value is None:
-        return True
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an integer beyond float range
-        return False
-
-
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
@@ -318,72 +276,15 @@ def _parse_summary(path: Path) -> object:
     return data
 
 
-def _show(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 def _read_summary(path: Path) -> dict:
-    """A validated summary: every field the report reads has the contract's type.
-
-    Any deviation is :class:`_Corrupt` with a reason; nothing here raises anything else,
-    whatever the file holds (fuzzed by tests/report/test_report_hostile.py).
-    """
-    data = _parse_summary(path)
-    if not isinstance(data, dict):
-        raise _Corrupt(f"summary.json is not a JSON object (it is a {type(data).__name__})")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise _Corrupt(f"summary.json lacks required keys: {', '.join(missing)}")
-    version = data["schema_version"]
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, int)
-        or version not in SUPPORTED_SCHEMA_VERSIONS
-    ):
-        raise _Corrupt(
-            f"summary.json schema_version {_show(version)} is not supported "
-            f"(supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
-        )
-    status = data["status"]
-    if not isinstance(status, str) or status not in STATUSES:
-        raise _Corrupt(f"summary.json status {_show(status)} is not one of {sorted(STATUSES)}")
-    div = data["divergence"]
-    if div is not None and (not isinstance(div, str) or div not in DIVERGENCE_KINDS):
-        raise _Corrupt(f"summary.json divergence {_show(div)} is not null, nonfinite or exploded")
-    if not isinstance(data["config"], dict):
-        raise _Corrupt("summary.json config is not an object")
-    bad = [k for k in NUMERIC_FIELDS if not _is_number(data.get(k))]
-    if bad:
-        raise _Corrupt(f"summary.json fields are not finite numbers: {', '.join(bad)}")
-    metric = data.get("metric")
-    if metric is not None and not (
-        isinstance(metric, dict)
-        and isinstance(metric.get("name"), str)
-        and metric["name"]
-        and isinstance(metric.get("unit"), str)
-        and isinstance(metric.get("lower_is_better"), bool)
-    ):
-        raise _Corrupt(
-            "summary.json metric is not null or {name, unit, lower_is_better} "
-            "(a non-empty string, a string and a boolean)"
-        )
-    if data.get("outcome") is not None and data["outcome"] not in OUTCOMES:
-        raise _Corrupt(f"summary.json outcome {_show(data['outcome'])} is not null or one of "
-                       f"{', '.join(OUTCOMES)}")
-    if not isinstance(data.get("task_success"), (bool, type(None))):  # 0/1 are not verdicts
-        raise _Corrupt("summary.json task_success is not null, true or false")
-    if not isinstance(data.get("task_metrics"), (dict, type(None))):
-        raise _Corrupt("summary.json task_metrics is not null or an object")
-    gn = data.get("grad_norm_pre")
-    if gn is not None and (
-        not isinstance(gn, dict) or not all(_is_number(gn.get(s)) for s in GRAD_NORM_STATS)
-    ):
-        raise _Corrupt("summary.json grad_norm_pre is not null or {median, p99, max} numbers")
-    error = data.get("error")
-    if error is not None and not isinstance(error, str):  # a message, whatever wrote it
-        data["error"] = json.dumps(error, sort_keys=True)
-    return data
+    """A validated summary (the contract's validator, ``seqbench.rundir``): any deviation
+    is :class:`_Corrupt` with a reason; nothing here raises anything else, whatever the
+    file holds (fuzzed by tests/report/test_report_hostile.py)."""
+    try:
+        return validate_summary(_parse_summary(path))
+    except SummaryError as exc:
+        raise _Corrupt(str(exc)) from exc
 
 
 def is_numeric_type(t: pa.DataType) -> bool:

@@ -25,6 +25,7 @@ import pandas as pd
 from seqbench.report.lr_summary import group_columns
 from seqbench.report.stats import STAT_COLUMNS, sort_cells, varying_within
 from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN
+from seqbench.rundir import TERMINAL
 
 #: The config keys that are a sequence length: truncated-BPTT window (text) and T
 #: (synthetic tasks). A run has at most one of them.
@@ -204,7 +205,7 @@ def grad_norms_by_length(runs_df: pd.DataFrame, cells_df: pd.DataFrame) -> pd.Da
 
     runs = with_length(with_metric(runs_df))
     runs["threshold"] = threshold(runs)
-    runs = runs[runs["status"].astype(object).isin(("completed", "diverged"))]
+    runs = runs[runs["status"].astype(object).isin(TERMINAL)]
     med = pd.to_numeric(runs["grad_norm_pre_median"], errors="coerce")
     with np.errstate(divide="ignore", invalid="ignore"):
         p99 = pd.to_numeric(runs["grad_norm_pre_p99"], errors="coerce") / med

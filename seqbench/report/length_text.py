@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ from seqbench.report.length import LENGTH, with_length
 from seqbench.report.length import context_columns as _context_cols
 from seqbench.report.length import named_columns as _coords
 from seqbench.report.sentences import context_name as _context_name
+from seqbench.report.stats import threshold
+from seqbench.rundir import TERMINAL
 
 LENGTH_HEADING = "Sequence length: how far each setting trains"
 LENGTH_NOTE = (
@@ -122,12 +125,36 @@ def grad_table(grad_df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- sentences
 
 
-def _per_length(cells_df: pd.DataFrame) -> pd.DataFrame:
-    """Cells with a length, the setting columns as objects, ``all_trained`` per cell."""
+@dataclass(frozen=True)
+class _Criterion:
+    """What "every seed made it" means in the sentences: trained (beat the baseline), or,
+    for a task with a success criterion, solved (met it), with the columns to read."""
+
+    verb: str        # "trained" | "solved"
+    k: str           # the count of seeds that made it ...
+    n: str           # ... out of
+    largest: str     # length_summary columns
+    failed: str
+
+
+TRAINED = _Criterion("trained", "n_trained", "n", "largest_trained_length",
+                     "smallest_failed_length")
+SOLVED = _Criterion("solved", "n_success", "n_success_trials", "largest_solved_length",
+                    "smallest_unsolved_length")
+
+
+def _per_length(cells_df: pd.DataFrame) -> tuple[pd.DataFrame, _Criterion]:
+    """Cells with a length, ``all_ok`` per cell, and the criterion it was read with."""
     df = with_length(cells_df[cells_df["n"] > 0])
     df = df[df[LENGTH].notna()].copy()
-    df["all_trained"] = pd.to_numeric(df["n_trained"], errors="coerce") == df["n"]
-    return df
+    crit = TRAINED
+    if "n_success_trials" in df and pd.to_numeric(df["n_success_trials"],
+                                                  errors="coerce").notna().any():
+        crit = SOLVED
+    k = pd.to_numeric(df[crit.k], errors="coerce")
+    n = pd.to_numeric(df[crit.n], errors="coerce")
+    df["all_ok"] = (k == n) & (n > 0)
+    return df, crit
 
 
 def _grid_step(values: Sequence[float]) -> str:
@@ -143,11 +170,11 @@ def _grid_step(values: Sequence[float]) -> str:
 
 
 def length_sentences(summary_df: pd.DataFrame, cells_df: pd.DataFrame,
-                     grad_df: pd.DataFrame) -> list[str]:
+                     grad_df: pd.DataFrame, runs_df: pd.DataFrame | None = None) -> list[str]:
     """What the length axis shows, per context (optimizer, model, other settings)."""
     if summary_df.empty:
         return []
-    per = _per_length(cells_df)
+    per, crit = _per_length(cells_df)
     word = _length_word(per)
     lstep = _grid_step(per[LENGTH])
     lrstep = _grid_step(pd.to_numeric(per["optim.lr"], errors="coerce"))
@@ -162,10 +189,63 @@ def length_sentences(summary_df: pd.DataFrame, cells_df: pd.DataFrame,
             ctx_cols, dropna=False, sort=False) if ctx_cols else [((), lr_rows)]:
         first = ctx.iloc[0].to_dict()
         cname = _context_name(first, ctx_cols)
-        out += _edge_sentences(cname, ctx, per, scols, word)
-        out += _clip_gain_sentences(cname, ctx, per, word)
+        out += _edge_sentences(cname, ctx, per, scols, word, crit)
+        out += _clip_gain_sentences(cname, ctx, per, word, crit)
         out += _spike_sentences(cname, first, ctx_cols, grad_df, word)
+    if runs_df is not None:
+        out += _collapse_sentences(runs_df, cells_df, word)
     return out
+
+
+#: A run *learned* when its best validation metric came within half the baseline's
+#: distance of zero (for an error rate: half the chance error), and *collapsed* when it
+#: then ended within 10% of the baseline again, or diverged: the signature of an
+#: exploding gradient that undid what was learned.
+LEARNED, COLLAPSED = 0.5, 0.9
+
+
+def collapsed_runs(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Runs (lower-is-better metrics with a baseline) that learned and then collapsed."""
+    df = with_length(runs_df)
+    if "best_val_metric" not in df or "baseline_val_metric" not in df:
+        return df.iloc[:0]
+    lower = df.get("metric_lower_is_better", pd.Series(True, index=df.index)).astype(object)
+    base = pd.to_numeric(df["baseline_val_metric"], errors="coerce")
+    best = pd.to_numeric(df["best_val_metric"], errors="coerce")
+    final = pd.to_numeric(df["final_val_metric"], errors="coerce")
+    learned = (lower == True) & (base > 0) & (best <= LEARNED * base)  # noqa: E712
+    back = (df["status"].astype(object) == "diverged") | (final >= COLLAPSED * base)
+    return df[learned & back]
+
+
+def _collapse_sentences(runs_df: pd.DataFrame, cells_df: pd.DataFrame, word: str) -> list[str]:
+    df = with_length(runs_df)
+    df = df[df["status"].astype(object).isin(TERMINAL) & df[LENGTH].notna()].copy()
+    df["threshold"] = threshold(df)
+    if df.empty or "best_val_metric" not in df:
+        return []
+    bad = collapsed_runs(df)
+    n_learned = int((pd.to_numeric(df["best_val_metric"], errors="coerce")
+                     <= LEARNED * pd.to_numeric(df["baseline_val_metric"], errors="coerce")
+                     ).sum())
+    if n_learned == 0:
+        return []
+    if bad.empty:
+        return [f"No run that learned (best validation metric at most half the baseline's; "
+                f"{n_learned} of {len(df)} runs) collapsed back to the baseline afterwards."]
+    named = [c for c in _coords(cells_df) if c in bad.columns]
+    ctx = [c for c in named if not (c.startswith("clip.") or c == "threshold")]
+    keys = [*named, "optim.lr"]
+    parts = []
+    for _, g in bad.astype({c: object for c in keys}).groupby(keys, dropna=False, sort=False):
+        r = g.iloc[0].to_dict()
+        lengths = ", ".join(f"{word} {_L(x)}" for x in sorted(g[LENGTH].unique()))
+        clip = fmt.clip_phrase(r.get("clip.method"), r.get("threshold"))
+        parts.append(f"{_context_name(r, ctx)} with {clip} at lr {fmt.lr(r['optim.lr'])}: "
+                     f"{len(g)} ({lengths})")
+    return [f"{len(bad)} of the {n_learned} runs that learned (best validation metric at most "
+            "half the baseline's) collapsed back to within 10% of the baseline or diverged "
+            "afterwards, the signature of an exploding gradient: " + "; ".join(parts) + "."]
 
 
 def _match(df: pd.DataFrame, rec: dict, cols: Sequence[str]) -> pd.Series:
@@ -180,8 +260,8 @@ def _match(df: pd.DataFrame, rec: dict, cols: Sequence[str]) -> pd.Series:
 
 
 def _edge_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame, scols: list[str],
-                    word: str) -> list[str]:
-    """Per clip setting: the largest lr at which every seed trained, against length."""
+                    word: str, crit: _Criterion) -> list[str]:
+    """Per clip setting: the largest lr at which every seed made it, against length."""
     out = []
     clip_cols = [c for c in scols if c.startswith("clip.") or c == "threshold"]
     seen = set()
@@ -195,7 +275,7 @@ def _edge_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame, scols: lis
             continue
         edge = []
         for L, g in cells.groupby(LENGTH, sort=True):
-            ok = pd.to_numeric(g.loc[g["all_trained"], "optim.lr"], errors="coerce")
+            ok = pd.to_numeric(g.loc[g["all_ok"], "optim.lr"], errors="coerce")
             n = int(g["n"].min())
             edge.append((float(L), ok.max() if len(ok) else math.nan, n))
         clip = fmt.clip_phrase(r.get("clip.method"), r.get("threshold"))
@@ -205,8 +285,8 @@ def _edge_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame, scols: lis
         lrs = "; ".join(f"{_L(L)}: {fmt.lr(v) if not math.isnan(v) else 'none'}"
                         for L, v, _ in edge)
         if all(math.isnan(v) for _, v, _ in edge):
-            out.append(f"{cname} with {clip}: no learning rate trained every seed at any "
-                       f"{word} length ({lrs}; {seeds} a cell).")
+            out.append(f"{cname} with {clip}: at no learning rate did every seed "
+                       f"{_inf(crit)} at any {word} ({lrs}; {seeds} a cell).")
             continue
         a, b = first[1], last[1]
         if not math.isnan(a) and not math.isnan(b) and a == b:
@@ -217,12 +297,12 @@ def _edge_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame, scols: lis
             verb = "fell" if (math.isnan(b) or (not math.isnan(a) and b < a)) else "rose"
             trend = f"{verb} from {fa} at {word} {_L(first[0])} to {fb} at {_L(last[0])}"
         out.append(f"{cname} with {clip}: the largest learning rate at which every seed "
-                   f"trained {trend} (per length, {lrs}; {seeds} a cell).")
+                   f"{crit.verb} {trend} (per length, {lrs}; {seeds} a cell).")
     return out
 
 
 def _clip_gain_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame,
-                         word: str) -> list[str]:
+                         word: str, crit: _Criterion) -> list[str]:
     """Where clipping kept training to a longer length than no clipping at the same lr."""
     if "clip.method" not in ctx.columns:
         return []
@@ -239,7 +319,7 @@ def _clip_gain_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame,
                   c.get("threshold"))
         both[method] = both.get(method, 0) + 1
         b = base.iloc[0].to_dict()
-        reach_b, reach_c = b["largest_trained_length"], c["largest_trained_length"]
+        reach_b, reach_c = b[crit.largest], c[crit.largest]
         if fmt.is_missing(reach_c) or not (fmt.is_missing(reach_b) or reach_c > reach_b):
             continue
         c["_gap"] = reach_c / reach_b if not fmt.is_missing(reach_b) and reach_b else math.inf
@@ -250,7 +330,7 @@ def _clip_gain_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame,
         rows = [r for r in out if r["_method"] == method]
         best = max(rows, key=lambda r: (r["_gap"], float(r["optim.lr"])))
         b = best["_b"]
-        fail = b["smallest_failed_length"]
+        fail = b[crit.failed]
         cell = per.iloc[:0]
         if not fmt.is_missing(fail):
             cell = per[(per["clip.method"].astype(object) == "none")
@@ -261,19 +341,23 @@ def _clip_gain_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame,
         counts = ""
         if len(cell):
             x = cell.iloc[0]
-            counts = (f" ({int(x['n_trained'])}/{int(x['n'])} seeds trained there, "
+            counts = (f" ({int(x[crit.k])}/{int(x[crit.n])} seeds {crit.verb} there, "
                       f"{int(x['n_diverged'])} diverged)")
-        if fmt.is_missing(b["largest_trained_length"]):
-            unclipped = f"not every seed trained even at {word} {_L(fail)}{counts}"
+        if fmt.is_missing(b[crit.largest]):
+            unclipped = f"not every seed {crit.verb} even at {word} {_L(fail)}{counts}"
         else:
-            unclipped = (f"every seed trained up to {word} {_L(b['largest_trained_length'])} "
+            unclipped = (f"every seed {crit.verb} up to {word} {_L(b[crit.largest])} "
                          f"and not at {_L(fail)}{counts}")
         lines.append(
             f"{cname} at lr {fmt.lr(best['optim.lr'])}: without clipping {unclipped}; "
-            f"{fmt.clip_phrase(*method)} kept every seed training up to {word} "
-            f"{_L(best['largest_trained_length'])} (clipping reached a longer length at "
+            f"with {fmt.clip_phrase(*method)} every seed {crit.verb} up to {word} "
+            f"{_L(best[crit.largest])} (clipping reached a longer length at "
             f"{len(rows)} of the {both[method]} learning rates run both ways).")
     return lines
+
+
+def _inf(crit: _Criterion) -> str:
+    return "train" if crit is TRAINED else "solve the task"
 
 
 def _spike_sentences(cname: str, first: dict, ctx_cols: list[str], grad_df: pd.DataFrame,

@@ -43,6 +43,7 @@ import pandas as pd
 
 from seqbench.report.stats import STAT_COLUMNS, cell_index, sort_cells
 from seqbench.report.tasks import METRIC_COLUMNS
+from seqbench.rundir import TERMINAL
 
 BOOTSTRAP = 2000
 
@@ -122,7 +123,7 @@ def _sensitivities(cells_df: pd.DataFrame, gid: pd.Series, runs_df: pd.DataFrame
         return {}
     runs = runs_df.assign(cell=cell_index(runs_df))
     status = runs["status"].astype(object)
-    verdict = status.isin(("completed", "diverged"))
+    verdict = status.isin(TERMINAL)
     l0 = pd.to_numeric(runs.get("initial_loss"), errors="coerce") \
         if "initial_loss" in runs else pd.Series(np.nan, index=runs.index)
     final = pd.to_numeric(runs["final_val_loss"], errors="coerce")

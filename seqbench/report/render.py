@@ -55,6 +55,7 @@ from seqbench.report.tables import (
     stable_table,
 )
 from seqbench.report.tasks import BPC, TaskGroup, split_by_task
+from seqbench.rundir import atomic_write_bytes, atomic_write_text
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;
@@ -73,15 +74,13 @@ ul.summary li{margin:.25em 0}
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temp file and a rename. Text is UTF-8; a run directory whose name is
-    not valid UTF-8 (its undecodable bytes arrive as surrogate escapes) is written with
-    backslash escapes rather than failing the report."""
-    tmp = path.with_name(path.name + ".tmp")
+    """The contract's one atomic write (``seqbench.rundir``): a unique temporary name,
+    fsynced, renamed into place. Text is UTF-8; a run directory whose name is not valid
+    UTF-8 (surrogate escapes) is written with backslash escapes rather than failing."""
     if isinstance(data, bytes):
-        tmp.write_bytes(data)
+        atomic_write_bytes(path, data)
     else:
-        tmp.write_text(data, encoding="utf-8", errors="backslashreplace")
-    os.replace(tmp, path)
+        atomic_write_text(path, data)
 
 
 def md_code(text: object) -> str:
@@ -124,7 +123,7 @@ class LengthPart:
             return None
         summary = length.length_summary(cells_df)
         grads = length.grad_norms_by_length(runs_df, cells_df)
-        return cls(length_text.length_sentences(summary, cells_df, grads),
+        return cls(length_text.length_sentences(summary, cells_df, grads, runs_df),
                    length_text.length_table(summary), length_text.grad_table(grads))
 
 

@@ -19,7 +19,7 @@ from scipy.stats import t as student_t
 
 from seqbench.report.collect import DERIVED_COLUMNS, RUN_COLUMNS
 from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN, task_key_columns, with_metric
-from seqbench.rundir import NON_EXPERIMENT_KEYS
+from seqbench.rundir import NON_EXPERIMENT_KEYS, TERMINAL
 
 #: Two-sided 95% standard-normal quantile, the z of the Wilson interval.
 Z95 = 1.959964
@@ -77,7 +77,7 @@ LEADING_KEYS: tuple[str, ...] = (TASK_COLUMN, "optim.name", "clip.method", "thre
 CLIP_METHOD_ORDER: tuple[str, ...] = ("none", "value", "norm", "norm_per_tensor",
                                       "norm_relative")
 
-_VERDICT = ("completed", "diverged")
+_VERDICT = TERMINAL
 
 
 # --------------------------------------------------------------------------- intervals

@@ -13,8 +13,12 @@ from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
 from seqbench.report.synthetic import write_synthetic_sweep
 
+LENGTH_FIGURES = ("stability_map", "grad_norm_length", "seed_curves")
 REPORT_ORDER = (
     "lr_curves",
+    "stability_map",     # drawn only for runs that vary a sequence length
+    "grad_norm_length",  # likewise
+    "seed_curves",       # likewise, with a success criterion
     "divergence_heatmap",
     "quality_heatmap",
     "loss_curves",
@@ -76,7 +80,9 @@ def test_a_registered_figure_is_drawn_by_make_figures_into_its_own_file(tmp_path
     figs = tmp_path / "figs"
     try:
         out = F.make_figures(res.runs, c, lr_summary(c), sw.root, figs)
-        assert [f.kind for f in out] == [*REPORT_ORDER, "probe"]
+        # the length figures do not apply to a sweep without a length axis: left out
+        applies = [k for k in REPORT_ORDER if k not in LENGTH_FIGURES]
+        assert [f.kind for f in out] == [*applies, "probe"]
         probe = out[-1]
         assert (probe.name, probe.title, probe.caption) == ("bpc_probe", "Probe (bpc)", "A probe.")
         assert probe.path == figs / "bpc_probe.png"

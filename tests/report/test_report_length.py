@@ -36,7 +36,8 @@ TEXT = {
     # 2048 never run at lr 1 with norm clipping: a blank square, never a zero
     ("norm", 1.0): {32: [2.5, 2.5], 128: [2.6, 2.6], 512: [2.7, 2.7]},
 }
-# temporal order: (clip, lr) -> T -> per-seed (error rate, success)
+# temporal order: (clip, lr) -> T -> per-seed (error rate, success); the failed seed at
+# T 100 learned first (best 0.1) and collapsed back to 0.7, near chance (0.75)
 SYNTH = {
     ("none", 0.1): {50: [(0.0, True), (0.0, True)], 100: [(0.7, False), (0.0, True)]},
     ("norm", 0.1): {50: [(0.0, True), (0.0, True)], 100: [(0.0, True), (0.0, True)]},
@@ -44,7 +45,7 @@ SYNTH = {
 
 
 def _write(d: Path, config: dict, status: str, final, metric: dict, base: float,
-           lower=True, success=None, gn=(1.0, 3.0, 9.0)):
+           lower=True, success=None, gn=(1.0, 3.0, 9.0), best=None):
     d.mkdir(parents=True)
     summary = {
         "schema_version": 1, "status": status,
@@ -52,7 +53,7 @@ def _write(d: Path, config: dict, status: str, final, metric: dict, base: float,
         "first_nonfinite_step": 3 if status == "diverged" else None,
         "steps_completed": 3 if status == "diverged" else 5,
         "final_val_loss": None if final is None else final * LN2,
-        "final_val_metric": final, "best_val_metric": final,
+        "final_val_metric": final, "best_val_metric": final if best is None else best,
         "final_val_bpc": final if metric["name"] == "bpc" else None,
         "metric": metric, "config": config, "baseline_val_metric": base,
         "outcome": outcome(status, final, base, lower), "initial_loss": 4.2,
@@ -62,8 +63,12 @@ def _write(d: Path, config: dict, status: str, final, metric: dict, base: float,
         summary["task_success"] = success
     (d / "summary.json").write_text(json.dumps(summary))
     steps = summary["steps_completed"]
+    val = np.full(steps, np.nan)
+    val[-1] = np.nan if final is None else final
+    val[1] = val[-1] if best is None else best
     pq.write_table(pa.table({"step": np.arange(1, steps + 1, dtype=np.int64),
-                             "train_loss": np.full(steps, 4.2)}), d / "metrics.parquet")
+                             "train_loss": np.full(steps, 4.2), "val_metric": val}),
+                   d / "metrics.parquet")
 
 
 def write_runs(runs: Path, synthetic: bool = True) -> None:
@@ -90,7 +95,7 @@ def write_runs(runs: Path, synthetic: bool = True) -> None:
                           "clip.method": method,
                           "clip.max_norm": 1.0 if method == "norm" else None, "seed": seed}
                 _write(runs / f"s-{method}-{lr}-{length}-{seed}", config, "completed", rate,
-                       err, 0.75, success=ok)
+                       err, 0.75, success=ok, best=0.1 if rate == 0.7 else None)
 
 
 @pytest.fixture(scope="module")
@@ -183,12 +188,38 @@ def test_mixed_text_and_synthetic_report(tmp_path):
     assert ("SGD with global norm clipping at 1: the largest learning rate at which every "
             "seed trained stayed at 4 from BPTT 32 to 2,048" in md)
     assert ("SGD at lr 4: without clipping every seed trained up to BPTT 128 and not at 512 "
-            "(1/2 seeds trained there, 1 diverged); global norm clipping at 1 kept every "
-            "seed training up to BPTT 2,048 (clipping reached a longer length at 2 of the 2 "
+            "(1/2 seeds trained there, 1 diverged); with global norm clipping at 1 every "
+            "seed trained up to BPTT 2,048 (clipping reached a longer length at 2 of the 2 "
             "learning rates run both ways)." in md)
     assert ("lengths and learning rates are grid points (BPTT grid x4, lr grid x4)" in md)
     assert ("SGD without clipping at lr 4: the 99th percentile of the gradient norm was "
             "2.00x its median at BPTT 32 and 128x at 2,048" in md)
-    assert ("SGD with no clipping: the largest learning rate at which every seed trained "
-            "stayed at 0.1 from T 50 to 100" in md)  # the synthetic task names T
+    assert ("SGD with no clipping: the largest learning rate at which every seed solved "
+            "fell from 0.1 at T 50 to none at 100" in md)  # the synthetic task: T, solved
+    assert ("SGD at lr 0.1: without clipping every seed solved up to T 50 and not at 100 "
+            "(1/2 seeds solved there, 0 diverged); with global norm clipping at 1 every seed "
+            "solved up to T 100" in md)
     assert "(T grid x2, one learning rate)" in md
+
+
+def test_learned_then_collapsed_is_named_and_drawn(tmp_path):
+    runs = tmp_path / "runs"
+    write_runs(runs)
+    result = make_report(runs, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("1 of the 8 runs that learned (best validation metric at most half the "
+            "baseline's) collapsed back to within 10% of the baseline or diverged afterwards, "
+            "the signature of an exploding gradient: SGD with no clipping at lr 0.1: 1 (T 100)."
+            in md)
+    assert "seed_curves-temporal_order" in result.figures  # a success criterion: drawn
+    assert "seed_curves-tinyshakespeare" not in result.figures  # none: left out
+    assert "seed_curves-tinyshakespeare" not in result.skipped
+    collected = collect_runs(runs)
+    synth = collected.runs[collected.runs["task.name"] == "temporal_order"]
+    from seqbench.report.figures.seed_curves import seed_curves
+    from seqbench.report.tasks import metric_of
+
+    plot = seed_curves(synth, cells(synth), runs, metric_of(synth))
+    row = plot.data[(plot.data["length"] == 100) & (plot.data["seed"] == 0)
+                    & plot.data["row"].str.startswith("SGD · no clipping")]
+    assert row["val_metric"].tolist() == [0.1, 0.7]  # the drop and the climb back

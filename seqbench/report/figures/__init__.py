@@ -77,6 +77,7 @@ from seqbench.report.tasks import BPC, MetricInfo, TaskGroup, metric_of
 from seqbench.report.figures.lr_curves import DIVERGED_LEGEND, lr_curves, setting_styles
 import seqbench.report.figures.stability_map  # noqa: F401 (registers the figure)
 import seqbench.report.figures.grad_norm_length  # noqa: F401 (registers the figure)
+import seqbench.report.figures.seed_curves  # noqa: F401 (registers the figure)
 from seqbench.report.figures.divergence_heatmap import divergence_heatmap
 from seqbench.report.figures.quality_heatmap import metric_heatmap, quality_cmap
 from seqbench.report.figures.loss_curves import (

@@ -7,8 +7,8 @@ module, so each figure can be read (and removed) on its own.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from seqbench.report import _format as fmt
 from seqbench.report.stats import CLIP_METHOD_ORDER, STAT_COLUMNS, varying_within
 from seqbench.report.tasks import MetricInfo, TaskGroup, metric_of
+from seqbench.rundir import atomic_write_bytes
 
 DPI = 110
 MAX_CURVE_POINTS = 300
@@ -209,6 +210,7 @@ def _log_worthy(values: Sequence[float] | np.ndarray) -> bool:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=DPI, format="png")
-    os.replace(tmp, path)
+    """The PNG through the contract's one atomic write (a reader never sees half)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    atomic_write_bytes(path, buf.getvalue())

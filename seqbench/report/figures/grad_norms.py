@@ -24,6 +24,7 @@ from seqbench.report.figures._common import (
     clip_palette,
 )
 from seqbench.report.figures.registry import FigureInput, register
+from seqbench.rundir import TERMINAL
 
 MAX_ECDF_POINTS = 20000
 
@@ -42,7 +43,7 @@ def grad_norm_samples(
     Selection is on arrays (one method code per run), never on a string per row.
     """
     cols = ["clip_method", "kind", "value"]
-    runs = runs_df[runs_df["status"].isin(["completed", "diverged"])]
+    runs = runs_df[runs_df["status"].isin(TERMINAL)]
     if "clip.method" in runs.columns:
         methods = _obj(runs["clip.method"]).fillna("unknown")
     else:  # a config without clip keys: one group

@@ -38,6 +38,7 @@ from seqbench.report.figures._common import (
 from seqbench.report.figures.registry import FigureInput, register
 from seqbench.report.stats import cell_index, t_interval_from_summary
 from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.rundir import TERMINAL
 
 NATS = "nats/char"
 TASK_UNITS = "task units"
@@ -184,7 +185,7 @@ def loss_curves(
     chosen = select_curve_cells(cells_df, stable_df, metric=metric)
     if chosen.empty:
         raise FigureSkipped("no configuration has a run with a verdict")
-    runs = runs_df[runs_df["status"].isin(["completed", "diverged"])].copy()
+    runs = runs_df[runs_df["status"].isin(TERMINAL)].copy()
     # cell ids are numbered over the whole runs table; a task's rows carry them along
     cell_ids = runs_df["cell"] if "cell" in runs_df.columns else cell_index(runs_df)
     runs["cell"] = cell_ids.loc[runs.index]

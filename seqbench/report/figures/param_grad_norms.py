@@ -30,6 +30,7 @@ from seqbench.report.figures._common import (
 from seqbench.report.figures.registry import FigureInput, register
 from seqbench.report.stats import cell_index
 from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.rundir import TERMINAL
 
 #: At most this many configurations (panels per row pair) in the per-layer figure, and
 #: this many parameter tensors (lines) per panel: the rest are named in the caption.
@@ -89,7 +90,7 @@ def param_palette(names: Sequence[str]) -> dict[str, tuple[float, float, float]]
 
 
 def _runs_with_param_data(runs_df: pd.DataFrame) -> pd.DataFrame:
-    runs = runs_df[runs_df["status"].isin(["completed", "diverged"])]
+    runs = runs_df[runs_df["status"].isin(TERMINAL)]
     if "param_metrics_rows" in runs.columns:  # collect_runs read the footers already
         runs = runs[runs["param_metrics_rows"].fillna(0) > 0]
     return runs
