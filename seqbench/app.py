@@ -2,6 +2,10 @@
 
 Kept apart from the CLI so that the CLI can check a config (and exit 2 with one line)
 before Hydra creates a run directory or configures logging.
+
+The task function registers the schemas and plugins itself: Hydra's launchers run it in
+processes that never ran the CLI (joblib workers, SLURM jobs), and `train` looks its
+task, model and clipping method up in the registries.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seqbench.config import conf_dir
+from seqbench.confdir import conf_dir
 
 log = logging.getLogger("seqbench")
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> None:
+    from seqbench.config import ensure_registered
     from seqbench.train import Interrupted, train
 
+    ensure_registered()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         train(cfg, run_dir)

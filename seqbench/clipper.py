@@ -26,15 +26,16 @@ from torch import Tensor
 
 from seqbench.clipping import CLIP, global_norm
 
-# config.py's own checks and wording, so that every line is the CLI's (private names there)
+# config.py's own checks and wording, so that every line is the CLI's
 from seqbench.config import (
-    _field_errors,
-    _first_line,
-    _known_keys,
-    _resolve,
-    _type_rule,
     clip_errors,
+    ensure_registered,
+    field_errors,
+    first_line,
+    known_keys,
+    resolve_config,
     selector_errors,
+    type_rule,
 )
 from seqbench.errors import ConfigError, ConfigErrors
 
@@ -58,6 +59,7 @@ def clip_config(method: str, keys: dict[str, Any]) -> DictConfig:
     Values go through OmegaConf.update(merge=True), the call Hydra applies an override
     with, so conversions ("2.5" -> 2.5, "yes" -> True) and refusals are the CLI's.
     """
+    ensure_registered()  # an installed plugin's methods are methods here too
     try:
         entry = CLIP.get(method)
     except ConfigError:  # the CLI names the group (clip=bogus), not clip.method
@@ -77,9 +79,9 @@ def clip_config(method: str, keys: dict[str, Any]) -> DictConfig:
             errors.append(_composition_error(e, key, value))
     if errors:
         raise ConfigErrors(errors)
-    resolved, errors = _resolve(root)
+    resolved, errors = resolve_config(root)
     if not errors:
-        errors = _field_errors(entry.schema, resolved["clip"], "clip.")
+        errors = field_errors(entry.schema, resolved["clip"], "clip.")
     if not errors:  # the CLI's rules for the clip group that need no trainer
         errors = selector_errors("clip", resolved["clip"], entry.schema) \
             + clip_errors(resolved["clip"])
@@ -90,16 +92,16 @@ def clip_config(method: str, keys: dict[str, Any]) -> DictConfig:
 
 
 def _composition_error(e: OmegaConfBaseException, key: str, value: Any) -> ConfigError:
-    """config.explain_hydra_error's line for the same override: the value as given, or
+    """hydra_input.explain_hydra_error's line for the same override: the value as given, or
     `?` when OmegaConf names a key inside it (a field of a group rule)."""
     where = getattr(e, "full_key", None) or f"clip.{key}"
     shown = _as_given(value) if where == f"clip.{key}" else "?"
     if isinstance(e, ConfigKeyError):
-        return ConfigError(where, shown, "unknown key" + _known_keys(e))
+        return ConfigError(where, shown, "unknown key" + known_keys(e))
     if isinstance(e, InterpolationResolutionError):
         return ConfigError(where, shown, "cannot be resolved: " + re.sub(
-            r"^\w+ raised while resolving interpolation: ", "", _first_line(e)))
-    return ConfigError(where, shown, _type_rule(e))
+            r"^\w+ raised while resolving interpolation: ", "", first_line(e)))
+    return ConfigError(where, shown, type_rule(e))
 
 
 def _as_given(value: Any) -> Any:

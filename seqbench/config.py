@@ -8,6 +8,11 @@ Value ranges are declared on the schema fields (`seqbench.checks`) and enforced 
 task, and sizes by building the model on the meta device (shapes, no memory), so nothing
 is launched with a config that would fail a minute later. Interpolations (`${oc.env:X}`)
 are resolved before any rule is checked: one that does not resolve is a bad value too.
+
+Importing this module registers nothing: `ensure_registered` does, when called (and
+`compose` and `validate` call it). Registration imports the installed plugins, which
+import seqbench themselves, so doing it at import time made the plugins see this module
+half-imported and made the order of its definitions matter.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +32,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from seqbench import precision, sizes, tblog
 from seqbench.checks import at_least, one_of, optional_above, rule
 from seqbench.clipping import CLIP
+from seqbench.confdir import conf_dir
 from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
 from seqbench.models import CELLS, MODEL_SCHEMAS, TORCH_CELLS
@@ -90,13 +95,20 @@ class TrainConfig:
 
 GROUPS = ("task", "model", "optim", "clip", "trainer")
 
+_registered = False
 
 
-def register_schemas() -> None:
-    """Store every schema with Hydra: the built-ins', then the installed plugins' (which
-    are imported here, once per process, so that every process that composes a config
-    or trains -- the CLI, the sweeper, Hydra's job processes, `Clipper` -- has them).
-    A plugin that cannot be used raises PluginError before anything is stored."""
+def ensure_registered() -> None:
+    """Store every schema with Hydra, once per process: the built-ins', then the
+    installed plugins' (imported here). Every entry point that composes a config or
+    trains calls it -- the CLI, the Hydra app and sweeper (and so Hydra's job processes),
+    `Clipper`, and `compose` and `validate` themselves -- instead of this module doing it
+    when imported: plugins import seqbench back, and would find it half-imported.
+    A plugin that cannot be used raises PluginError before anything is stored, and again
+    at every later call."""
+    global _registered
+    if _registered:
+        return
     # every module that registers tasks or models, so that their schemas are stored too
     from seqbench import plugin_loader
     from seqbench.data import corpora, regression, synthetic  # noqa: F401
@@ -110,15 +122,7 @@ def register_schemas() -> None:
     for group, registry in (("task", TASKS), ("optim", OPTIM), ("clip", CLIP)):
         for entry in registry.entries():
             cs.store(group=f"schema/{group}", name=entry.name, node=entry.schema)
-
-
-def conf_dir() -> Path:
-    """conf/ inside an installed wheel, else the repository's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError("seqbench's conf/ directory is missing from this installation")
+    _registered = True
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train",
@@ -129,25 +133,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    ensure_registered()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name, overrides=list(overrides),
                              return_hydra_config=with_hydra)
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group (`optim`, `hydra/launcher`); empty for a plain key."""
-    return list(_group_options(group))
-
-
-@functools.cache  # the files of conf/ and the installed plugins do not change while we run
-def _group_options(group: str) -> tuple[str, ...]:
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return tuple(sorted(GlobalHydra.instance().config_loader().get_group_options(group)))
 
 
 def validate(cfg: DictConfig, *, check_data: bool = True, cache: dict | None = None) -> dict:
@@ -160,13 +150,14 @@ def validate(cfg: DictConfig, *, check_data: bool = True, cache: dict | None = N
     10,000 jobs over a few models and tasks builds each once (issue 13: ~1 ms a job
     instead of ~10).
     """
-    resolved, errors = _resolve(cfg)  # every later check reads resolved values
+    ensure_registered()  # the registries the selectors are checked against
+    resolved, errors = resolve_config(cfg)  # every later check reads resolved values
     if errors:
         raise ConfigErrors(errors)
     schemas = {group: OmegaConf.get_type(cfg, group) for group in GROUPS}
-    errors = _field_errors(TrainConfig, resolved, "")
+    errors = field_errors(TrainConfig, resolved, "")
     for group in GROUPS:
-        errors += _field_errors(schemas[group], resolved[group], group + ".")
+        errors += field_errors(schemas[group], resolved[group], group + ".")
     errors += _selector_errors(resolved, schemas)
     errors += _cross_errors(resolved, schemas)
     if errors:
@@ -214,7 +205,7 @@ def _build_task(task_cfg: DictConfig):
         return build_task(task_cfg)
     except (MemoryError, OverflowError) as e:
         raise ConfigError("task", task_cfg.name, "cannot be built with these sizes "
-                          f"({type(e).__name__}: {_first_line(e)})") from None
+                          f"({type(e).__name__}: {first_line(e)})") from None
     except OSError as e:  # a file the task reads: a name too long, a device, no permission
         key, value = ("task.path", task_cfg.path) if "path" in task_cfg else ("task",
                                                                               task_cfg.name)
@@ -230,7 +221,7 @@ def _build_model(task, model_cfg: DictConfig):
     except (MemoryError, OverflowError, RuntimeError, ValueError) as e:  # shapes on meta
         key, value = _largest_size(model_cfg)
         raise ConfigError(key, value, "too large: the model cannot be built "
-                          f"({type(e).__name__}: {_first_line(e)})") from None
+                          f"({type(e).__name__}: {first_line(e)})") from None
 
 
 def _check_model_fits(cfg: DictConfig, model: torch.nn.Module) -> None:
@@ -264,12 +255,14 @@ def _largest_size(model_cfg: DictConfig) -> tuple[str, Any]:
     return best[0], best[1]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line: the rest of a Hydra or torch message is a traceback-like
+    explanation that would break the one-line-per-problem rule."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
 
 
-def _resolve(cfg: DictConfig) -> tuple[dict, list[ConfigError]]:
+def resolve_config(cfg: DictConfig) -> tuple[dict, list[ConfigError]]:
     """(the config as plain resolved containers, []), or ({}, [the error]) when an
     interpolation does not resolve (`${oc.env:UNSET}`, `${nokey}`, a string where a
     number belongs), named by its key and its text as given."""
@@ -280,10 +273,10 @@ def _resolve(cfg: DictConfig) -> tuple[dict, list[ConfigError]]:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raw = _raw_value(cfg, key)
-        msg = _first_line(e)
+        msg = first_line(e)
         if "could not be converted" in msg or "Non optional" in msg:
             got = re.search(r"Value '(.*?)' of type", msg)
-            rule = _type_rule(e) + (f" (it resolves to {got.group(1)!r})" if got else "")
+            rule = type_rule(e) + (f" (it resolves to {got.group(1)!r})" if got else "")
         else:
             rule = "cannot be resolved: " + re.sub(r"^\w+ raised while resolving "
                                                   r"interpolation: ", "", msg)
@@ -343,7 +336,7 @@ def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
     return frozen
 
 
-def _field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
+def field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
     """Unknown keys and every field's declared rule, read from the resolved values."""
     if not dataclasses.is_dataclass(schema):
         return []
@@ -466,70 +459,12 @@ def flatten(resolved: dict) -> dict[str, Any]:
     return out
 
 
-def explain_hydra_error(exc: BaseException, overrides: list[str]) -> str | None:
-    """One line for a Hydra/OmegaConf composition error, naming key, value and rule."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import ConfigKeyError, ValidationError
-
-    given = {o.lstrip("+~").split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
-    if isinstance(exc, MissingConfigException):
-        m = re.search(r"Could not find '([^']+)/([^']+)'", str(exc))
-        if m:
-            group, name = m.groups()
-            opts = re.findall(r"^\t(\S+)$", str(exc).split("Config search path")[0], re.M)
-            allowed = "one of " + ", ".join(opts) if opts else "an existing option"
-            return str(ConfigError(group, name, allowed))
-        return str(exc).splitlines()[0]
-    if isinstance(exc, OverrideParseException):
-        bad = next((o for o in overrides if o in str(exc)), None) or _unparsable(overrides)
-        return f"override={bad}: cannot parse ({str(exc).splitlines()[0]})"
-    if isinstance(exc, ConfigCompositionException):
-        cause = exc.__cause__
-        key = getattr(cause, "full_key", None)
-        if isinstance(cause, (ConfigKeyError, AttributeError)) or "Could not override" in str(exc):
-            key = key or _key_from(str(exc))
-            return str(ConfigError(key, given.get(key, "?"), "unknown key" + _known_keys(cause)))
-        if isinstance(cause, ValidationError) and key:
-            return str(ConfigError(key, given.get(key, "?"), _type_rule(cause)))
-        m = re.match(r"Ambiguous value for argument '([^=]*)=(.*)'$", _first_line(exc))
-        if m:
-            return str(ConfigError(m.group(1), m.group(2), "one value; to sweep values use "
-                                   "python -m seqbench sweep, for a list write [a,b], for "
-                                   "text quote it: 'a,b'"))
-        m = re.match(r"Could not append to config. An item is already at '(.*)'", str(exc))
-        if m:
-            key = m.group(1)
-            return str(ConfigError(key, given.get(key, "?"), f"already set; use "
-                                   f"{key}={given.get(key, 'VALUE')} (without +)"))
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        if lines[0].endswith(":") and len(lines) > 1:  # "... raised while composing config:"
-            return f"{lines[0]} {lines[1].strip()}"
-        return lines[0]
-    return None
+# The wording shared by every path that reports a bad override -- the CLI's composition
+# errors (seqbench.hydra_input), validation and `Clipper` -- so that each reads the same.
 
 
-def _unparsable(overrides: list[str]) -> str:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for o in overrides:
-        try:
-            parser.parse_overrides([o])
-        except Exception:
-            return o
-    return " ".join(overrides)
-
-
-def _key_from(msg: str) -> str:
-    m = re.search(r"override '([^']+)'", msg)
-    return m.group(1) if m else "?"
-
-
-def _known_keys(cause: BaseException | None) -> str:
+def known_keys(cause: BaseException | None) -> str:
+    """"; known keys here: ..." for an unknown key under a dataclass schema, else ""."""
     obj = getattr(cause, "object_type", None)
     if obj is not None and dataclasses.is_dataclass(obj):
         names = [f.name for f in dataclasses.fields(obj)]
@@ -537,7 +472,8 @@ def _known_keys(cause: BaseException | None) -> str:
     return ""
 
 
-def _type_rule(cause: BaseException) -> str:
+def type_rule(cause: BaseException) -> str:
+    """OmegaConf's type refusal as the rule a user can follow ("must be a number")."""
     msg = str(cause).splitlines()[0]
     m = re.search(r"could not be converted to (\w+)", msg)
     if m:
@@ -547,8 +483,3 @@ def _type_rule(cause: BaseException) -> str:
     if "not Optional" in msg or "Non optional" in msg:
         return "must not be null"
     return msg
-
-
-# At the end: a plugin's registration reads conf_dir() (its name must not be an option
-# of conf/) while this module is still being imported.
-register_schemas()

@@ -23,6 +23,14 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def one_line(text: Any) -> str:
+    """A message as one line: control characters from a value (a newline, a NUL, an escape
+    sequence) are shown escaped, so one problem is always one line on the terminal. Here,
+    not in the CLI, because every program that prints seqbench's errors (the CLI, the
+    Hydra sweeper in its own process) must print them alike."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class ConfigErrors(ValueError):
     """Several invalid values found at once (all are reported, not just the first)."""
 

@@ -5,8 +5,11 @@ a later plugin then fails, nothing of the earlier ones may stay registered, or a
 could start with half the plugins. So registrations made during `load()` are collected
 and committed -- to the registries and to Hydra's ConfigStore -- only once every entry
 point has imported cleanly. The outcome, the plugins or the error, is kept for the
-process: importing `seqbench.config` again after a failure raises the same error
-instead of quietly loading fewer plugins.
+process: loading again after a failure (`seqbench.config.ensure_registered()` at the
+next entry point) raises the same error instead of quietly loading fewer plugins.
+
+This module never imports `seqbench.config`: the config imports it to register, so an
+import back would be a circle (and was, with the config half-imported at that moment).
 
 A decorator called outside `load()` (a script registering its own method before using
 `Clipper`) is committed at once, after the installed plugins have loaded.
@@ -18,7 +21,6 @@ import dataclasses
 import importlib.metadata
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +77,7 @@ def load() -> list[Plugin]:
     """Import every `seqbench.plugins` entry point, once per process; raise PluginError
     (the same one every time) when one cannot be used."""
     global _outcome, _disabled
-    if _loading is not None:  # a plugin module imported seqbench.config: already loading
+    if _loading is not None:  # a plugin module's registration asks: already loading
         return []
     if _outcome is None:
         if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
@@ -135,7 +137,7 @@ def _first_line(e: BaseException) -> str:
 
 def register(kind: str, name: str, config: type, **meta: Any) -> Callable[[Callable], Callable]:
     """The decorator behind register_clip / register_model / register_task."""
-    import seqbench.config  # noqa: F401 -- built-ins and installed plugins come first
+    load()  # the installed plugins come first: a name they take is taken
 
     shown = config.__name__ if isinstance(config, type) else repr(config)[:60]
     call = f"register_{kind}({name!r}, {shown})"
@@ -228,8 +230,7 @@ def __getattr__(attr: str) -> Any:
     """A filled-in schema looked up by pickle in a process that has not loaded the
     plugins yet (a Hydra job process unpickling the ConfigStore): load them, look again."""
     if attr.startswith(SCHEMA_PREFIX):
-        import seqbench.config  # noqa: F401 -- loads the plugins, which set the attribute
-
+        load()  # the plugins' registrations set the attribute
         if attr in globals():
             return globals()[attr]
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
@@ -243,7 +244,7 @@ def _check_free(kind: str, name: str, call: str) -> None:
 
 def _owner(kind: str, name: str) -> str | None:
     """Who has `name` in the group `kind` already: seqbench, a plugin, or None."""
-    from seqbench.config import conf_dir
+    from seqbench.confdir import conf_dir
 
     for entry in _registries(kind):
         if name in entry.names():
@@ -289,9 +290,8 @@ def _commit(reg: Registration) -> None:
     cs = ConfigStore.instance()
     cs.store(group=f"schema/{reg.kind}", name=reg.name, node=reg.schema, provider=provider)
     cs.store(group=reg.kind, name=reg.name, node=reg.schema, provider=provider)
-    config = sys.modules.get("seqbench.config")
-    if config is not None and hasattr(config, "_group_options"):
-        config._group_options.cache_clear()  # the group has one option more
+    # the group has one option more: the registration above bumped the registry
+    # generation that seqbench.confdir.group_options keys its answers by
 
 
 def report_lines() -> list[str]:

@@ -12,10 +12,12 @@ naming a module (pytest's and Hydra's convention)::
     example = "seqbench_example_plugin.plugin"
 
 Every process that composes configs or trains imports every such module once, when
-`seqbench.config` is imported (the CLI, the sweeper, Hydra's job processes, `Clipper`),
-before the config schemas are stored with Hydra. The module registers what it brings with
-the decorators below. `python -m seqbench plugins` lists what is installed and what each
-plugin registered. `SEQBENCH_DISABLE_PLUGIN_AUTOLOAD=1` skips discovery (as pytest's
+`seqbench.config.ensure_registered()` first runs (the CLI, the sweeper, Hydra's job
+processes, `Clipper`, `compose` and `validate` call it), before the config schemas are
+stored with Hydra (a script that composes with Hydra's own API calls it first). The
+module registers what it brings with the decorators below. `python -m seqbench plugins`
+lists what is installed and what each plugin registered.
+`SEQBENCH_DISABLE_PLUGIN_AUTOLOAD=1` skips discovery (as pytest's
 PYTEST_DISABLE_PLUGIN_AUTOLOAD does); seqbench's own test suite sets it.
 
 **What a registration gives.** `register_clip("mine", MineConfig)` makes `clip=mine` a

@@ -4,6 +4,11 @@ Config files are data, never code to import (no `_target_`): the YAML names an e
 and the registry is the only place that turns that name into a Python callable. Each
 entry carries the dataclass schema of its options, so the ConfigStore (and therefore
 Hydra's type and unknown-key checks) is generated from the same place the behaviour is.
+
+Registries grow while a process runs (an installed plugin, a script registering its own
+method), so anything derived from them -- the options of a config group -- must know when
+it is stale. Every registration bumps one process-wide `generation`: a cache keyed by it
+is invalidated by the registry itself, without its owner having to know who caches.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from typing import Any, Generic, TypeVar
 from seqbench.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_generation = 0
+
+
+def generation() -> int:
+    """A number that changes whenever any registry gains an entry (see the module doc)."""
+    return _generation
 
 
 @dataclass(frozen=True)
@@ -33,9 +45,11 @@ class Registry(Generic[F]):
 
     def register(self, name: str, schema: type, **meta: Any) -> Callable[[F], F]:
         def deco(fn: F) -> F:
+            global _generation
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = Entry(name, schema, fn, dict(meta))
+            _generation += 1
             return fn
 
         return deco

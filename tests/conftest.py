@@ -3,15 +3,19 @@ import os
 from pathlib import Path
 
 # Plugins installed in this environment (make setup installs examples/plugin) must not
-# change what the suite sees: option lists, error lines, --help. Set before seqbench.config
-# is imported (it loads plugins); tests/test_plugins.py loads them in subprocesses.
+# change what the suite sees: option lists, error lines, --help. Set before the schemas
+# are registered (that loads plugins); tests/test_plugins.py loads them in subprocesses.
 os.environ["SEQBENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from seqbench.config import compose  # noqa: E402
+from seqbench.config import compose, ensure_registered  # noqa: E402
+
+# Registered once, before any test module is collected: several parametrize over the
+# registries (every task, every clip method) and some compose with Hydra's own API.
+ensure_registered()
 
 # The same examples on every run, so CI cannot fail by chance; explore more with
 # HYPOTHESIS_PROFILE=explore (random examples, ten times as many).

@@ -24,10 +24,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from seqbench import Clipper, ClipStats
-from seqbench.cli import check_config
 from seqbench.clipping import CLIP, build_clipper, global_norm
-from seqbench.config import compose, group_options
+from seqbench.confdir import group_options
+from seqbench.config import compose
 from seqbench.errors import ConfigErrors
+from seqbench.hydra_input import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # groups without rules (the default) warns that it clips nothing: expected in these tests

@@ -31,9 +31,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
 import seqbench.app
-from seqbench.cli import check_config, main
-from seqbench.config import GROUPS, compose, conf_dir, frozen_names
+from seqbench.cli import main
+from seqbench.confdir import conf_dir
+from seqbench.config import GROUPS, compose, frozen_names
 from seqbench.data.tasks import TASKS, build_task
+from seqbench.hydra_input import check_config
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]

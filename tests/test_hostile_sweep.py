@@ -135,7 +135,7 @@ def test_sweep_command_lines_exit_0_or_2_with_one_line_each(preset, overrides, s
 
 
 def sw_presets() -> list[str]:
-    from seqbench.cli import presets
+    from seqbench.confdir import presets
 
     return presets()
 

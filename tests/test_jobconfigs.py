@@ -14,8 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from seqbench.config import conf_dir, explain_hydra_error, flatten, validate
+from seqbench.confdir import conf_dir
+from seqbench.config import flatten, validate
 from seqbench.errors import ConfigError, ConfigErrors
+from seqbench.hydra_input import explain_hydra_error
 from seqbench.jobconfigs import JobConfigs
 
 SMALL = ["task.seq_len=16", "task.batch_size=4", "model.hidden_size=8", "model.embed_dim=4"]

@@ -176,8 +176,9 @@ def test_a_plugin_that_cannot_be_used_is_one_line_and_registers_nothing(case, tm
 
 def test_the_cli_prints_the_line_exits_2_and_runs_nothing(tmp_path):
     """train, sweep and plugins: one line, no traceback, no run directory; a Hydra job
-    process (which imports seqbench.app, not the CLI) fails loudly with the same line;
-    SEQBENCH_DISABLE_PLUGIN_AUTOLOAD=1 skips discovery."""
+    process (which runs seqbench.app's task function, not the CLI) fails loudly with the
+    same line; importing seqbench loads no plugin; SEQBENCH_DISABLE_PLUGIN_AUTOLOAD=1 skips
+    discovery."""
     (dists, message), = [FAILURES["import error"]]
     root = fake_dist(tmp_path / "site", *dists[0])
     line = f"seqbench: error: {message}\n"
@@ -187,7 +188,12 @@ def test_the_cli_prints_the_line_exits_2_and_runs_nothing(tmp_path):
         r = seqbench(*args, cwd=tmp_path, pythonpath=root)
         assert (r.returncode, r.stderr, r.stdout) == (2, line, ""), args
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
-    job = run(["-c", "import seqbench.app"], tmp_path, root)
+    imported = run(["-c", "import seqbench.app, seqbench.config, seqbench.clipper"],
+                   tmp_path, root)
+    assert (imported.returncode, imported.stderr) == (0, "")
+    # what Hydra's launchers call in a job process: the undecorated task function
+    job = run(["-c", "import seqbench.app; seqbench.app.train_app.__wrapped__(None)"],
+              tmp_path, root)
     assert job.returncode == 1 and job.stderr.strip().endswith(f"PluginError: {message}")
     off = run(["-m", "seqbench", "plugins"], tmp_path, root,
               SEQBENCH_DISABLE_PLUGIN_AUTOLOAD="1")
@@ -232,8 +238,8 @@ import json, os, signal, sys
 from pathlib import Path
 import pandas as pd
 from seqbench import Clipper
-from seqbench.cli import check_config
 from seqbench.config import compose
+from seqbench.hydra_input import check_config
 from seqbench.train import Interrupted, Trainer
 
 ids, out = sys.argv[1], Path(sys.argv[2])

@@ -15,7 +15,7 @@ import pytest
 
 from seqbench import sweep as sw
 from seqbench.cli import main
-from seqbench.config import conf_dir
+from seqbench.confdir import conf_dir
 
 TINY = ["task.seq_len=16", "task.batch_size=4", "model.hidden_size=8", "model.embed_dim=4",
         "trainer.eval_batches=2", "trainer.eval_every=0",

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqbench import tblog
-from seqbench.cli import check_config
+from seqbench.hydra_input import check_config
 from seqbench.train import Trainer
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")

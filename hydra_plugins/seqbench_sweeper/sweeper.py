@@ -28,6 +28,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 import seqbench.sweep as sw
+from seqbench.errors import one_line
 from seqbench.jobconfigs import JobConfigs
 
 log = logging.getLogger("seqbench.sweep")
@@ -68,6 +69,11 @@ class SeqbenchSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
+        from seqbench.config import ensure_registered
+
+        # every job is composed and validated here, against the schemas and the plugins'
+        # options: Hydra may run this sweeper from a process that is not the CLI's
+        ensure_registered()
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -93,8 +99,9 @@ class SeqbenchSweeper(Sweeper):
         """(jobs to launch, jobs already finished, error lines, conflicts, reused), all jobs
         composed. Nothing is written here except reused runs (copies of finished runs of
         the same experiments), and only when there is no error and no conflict."""
-        from seqbench.config import explain_hydra_error, flatten, validate
+        from seqbench.config import flatten, validate
         from seqbench.errors import ConfigError, ConfigErrors
+        from seqbench.hydra_input import explain_hydra_error
 
         try:
             cli = sw.split_cli_overrides(arguments)
@@ -158,8 +165,6 @@ class SeqbenchSweeper(Sweeper):
         t0 = time.perf_counter()
         todo, done, errors, conflicts, reused = self.plan(arguments)
         if conflicts and not errors:
-            from seqbench.cli import one_line
-
             how = ("run the sweep into another directory (hydra.sweep.dir=DIR) or replace "
                    "it with --force")
             for line in sw.conflict_lines(conflicts, how):
@@ -168,8 +173,6 @@ class SeqbenchSweeper(Sweeper):
                   "experiments; nothing was launched", file=sys.stderr)
             raise SystemExit(2)
         if errors:
-            from seqbench.cli import one_line
-
             for line in _group_errors(errors):  # a value's newline must not split a line
                 print(f"seqbench: error: {one_line(line)}", file=sys.stderr)
             n_jobs = len({job for job, _ in errors})

@@ -65,9 +65,11 @@ def write_finished_runs(preset: str, seeds: int, sweep_dir: Path) -> int:
     from omegaconf import OmegaConf
 
     import seqbench.sweep as sw
-    from seqbench.config import conf_dir, flatten, validate
+    from seqbench.confdir import conf_dir
+    from seqbench.config import ensure_registered, flatten, validate
     from seqbench.jobconfigs import JobConfigs
 
+    ensure_registered()  # Hydra composes from the schemas stored with it
     args = [f"+sweep={preset}", f"seed=range(0,{seeds})"]  # as the sweeper gets them
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -152,8 +154,10 @@ def main(argv: list[str]) -> int:
     args = parse_args(parser, argv)
     if isinstance(args, int):  # --help, or a usage error already printed
         return args
-    from seqbench.cli import presets
+    from seqbench.confdir import presets
+    from seqbench.config import ensure_registered
 
+    ensure_registered()  # as `sweep` does before it reads the presets (PluginError: exit 2)
     if args.preset not in presets():
         print(f"seqbench: error: --preset={args.preset}: one of {', '.join(presets())}",
               file=sys.stderr)

@@ -22,8 +22,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from seqbench.outcome import outcome
+from seqbench.rundir import TERMINAL
 
-_TERMINAL = ("completed", "diverged")
+_TERMINAL = TERMINAL
 
 
 @dataclass
@@ -86,9 +87,10 @@ def _missing(value: object) -> bool:
 def _recompute_baselines(runs: pd.DataFrame, need: pd.Series) -> tuple[int, list[str]]:
     from omegaconf import OmegaConf
 
-    from seqbench.config import register_schemas  # noqa: F401 -- registers every task
+    from seqbench.config import ensure_registered
     from seqbench.data.tasks import TASKS
 
+    ensure_registered()  # every task: the built-ins' modules and the plugins'
     done, problems, cache = 0, [], {}
     for i in runs.index[need]:
         name, opts, eval_batches = _task_config(runs.loc[i])
