@@ -9,6 +9,10 @@ random-number generator (Python, NumPy, torch CPU and CUDA) and the host-side ru
 (evaluations so far, the first loss the explosion test compares with, the wall clock),
 taken at a flush, so the metrics file holds exactly the rows up to the checkpoint.
 
+`capture` and `restore` are the two halves: what the trainer holds goes into a payload, and
+back. They live here, beside the file format, so that one module says what a checkpoint
+is; the trainer only decides when to save one and whether it may resume.
+
 Only tensors and plain Python values are saved, so `torch.load(weights_only=True)` reads
 it (no pickled code runs when a checkpoint is loaded). It is written to a temporary
 file, fsynced and renamed into place: a run killed while saving keeps the previous one.
@@ -18,15 +22,21 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from seqbench.rundir import atomic_write_bytes
+from seqbench.data.batching import tensors_to as to_device
+from seqbench.metrics import MetricsFile
+from seqbench.rundir import CHECKPOINT_FILE as CHECKPOINT_FILE  # the name callers import
+from seqbench.rundir import METRICS_FILE, atomic_write_bytes, differences
 
-CHECKPOINT_FILE = "checkpoint.pt"
+if TYPE_CHECKING:
+    from seqbench.train import Trainer
+
 VERSION = 1
 
 
@@ -64,16 +74,6 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
-
-
 def write_tensors(path: Path, obj: dict[str, Any]) -> None:
     """torch.save of `obj` (moved to the CPU), atomically and fsynced."""
     buf = io.BytesIO()
@@ -98,3 +98,76 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise CheckpointError(f"{path} is not a version-{VERSION} seqbench checkpoint")
     return data
+
+
+def capture(trainer: Trainer, step: int) -> dict[str, Any]:
+    """Everything needed to continue after `step`, a flush boundary: the metrics file then
+    holds exactly the rows up to it (once the pending write has landed)."""
+    st = trainer.state
+    return {
+        "step": step,
+        "config": trainer.experiment_config(),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "schedule": trainer.schedule.state_dict() if trainer.schedule is not None else None,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "clip": trainer.clip.state_dict() if hasattr(trainer.clip, "state_dict") else None,
+        "task": trainer.task.state_dict(),
+        "rng": rng_state(),
+        "run": {
+            "first_nonfinite_step": st.first_nonfinite_step,
+            "steps_completed": st.steps_completed, "tokens_seen": st.tokens_seen,
+            "skipped_steps": st.skipped_steps,
+            "evals": {int(k): dict(v) for k, v in st.evals.items()},
+            "initial_loss": st.initial_loss, "step_count": trainer.step_count,
+            "elapsed": trainer.elapsed(), "eval_seconds": st.eval_seconds,
+            "resumed_from": list(st.resumed_from),
+            "metrics_rows": trainer.metrics.rows,
+        },
+    }
+
+
+def restore(trainer: Trainer, data: dict[str, Any]) -> None:
+    """Continue `trainer`, freshly built, from a checkpoint of the same experiment.
+
+    Raises CheckpointError for another experiment's checkpoint (the one rule of
+    `seqbench.rundir.differences`, which the sweep applies too: options added since,
+    switched off, are no change) and for a metrics file that lacks the checkpoint's rows.
+    The random generators are set last: building the objects drew from them."""
+    differ = differences(data["config"], trainer.experiment_config())
+    if differ:
+        raise CheckpointError(
+            "the checkpoint belongs to another config ("
+            + ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differ[:3]) + ")")
+    step, run = int(data["step"]), data["run"]
+    rows = MetricsFile.read_upto(trainer.run_dir / METRICS_FILE, step)
+    if rows is None or len(rows["step"]) != int(run["metrics_rows"]):
+        raise CheckpointError("metrics.parquet does not hold the checkpoint's rows")
+    trainer.model.load_state_dict(data["model"])
+    trainer.optimizer.load_state_dict(data["optimizer"])
+    if trainer.schedule is not None and data["schedule"] is not None:
+        trainer.schedule.load_state_dict(data["schedule"])
+    if trainer.scaler is not None and data["scaler"] is not None:
+        trainer.scaler.load_state_dict(data["scaler"])
+    if data["clip"] is not None and hasattr(trainer.clip, "load_state_dict"):
+        trainer.clip.load_state_dict(to_device(data["clip"], trainer.device))
+    trainer.task.load_state_dict(data["task"])
+    trainer.metrics.load(rows)
+    plog = trainer.param_log
+    if plog is not None:
+        prows = MetricsFile.read_upto(plog.file.path, step, plog.file.schema)
+        if prows is not None:
+            plog.file.load(prows)
+    st = trainer.state
+    st.first_nonfinite_step = run["first_nonfinite_step"]
+    st.steps_completed, st.tokens_seen = int(run["steps_completed"]), int(run["tokens_seen"])
+    st.skipped_steps = int(run["skipped_steps"])
+    st.evals = {int(k): dict(v) for k, v in run["evals"].items()}
+    st.initial_loss = run["initial_loss"]
+    st.eval_seconds = float(run["eval_seconds"])
+    st.resumed_from = [*run["resumed_from"], step]
+    trainer.step_count = int(run["step_count"])
+    trainer.t_start = time.perf_counter() - float(run["elapsed"])
+    trainer.checkpointed_at = step
+    trainer.start_step = step + 1
+    set_rng_state(data["rng"])

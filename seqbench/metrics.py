@@ -1,4 +1,4 @@
-"""Per-step numbers, the metrics file and the run summary.
+"""Per-step numbers: the device buffer, the flags derived from it, the metrics files.
 
 Per-step values are written into one preallocated device tensor and copied to the host
 once per flush, so recording costs no host sync. Everything another process reads
@@ -73,6 +73,66 @@ class StepBuffer:
         out = {name: host[:, i] for i, name in enumerate(DEVICE_COLUMNS)}
         out["clipped"] = out["clipped"] > 0.5
         return out
+
+
+def step_flags(loss: np.ndarray, pre: np.ndarray, *, amp: bool, skip: bool,
+               explode_above: float | None) -> dict[str, np.ndarray]:
+    """Per-step flags from the recorded loss and pre-clip norm, on the host at a flush
+    (derived here, they cost the step no kernels).
+
+    `nonfinite`: the loss or the gradient norm is NaN/Inf (the raw fact, a column).
+    `diverging`: what ends the run: non-finite, except under fp16 AMP (`amp`: a finite
+    loss with inf/NaN gradients is GradScaler skipping a step, AMP's normal operation)
+    and under the `skip` policy (the step was skipped instead). `exploded`: a finite loss
+    above `explode_above` (explode_factor x the run's first loss; None: no check).
+    `skipped`: the update was not applied.
+    """
+    loss_ok, grad_ok = np.isfinite(loss), np.isfinite(pre)
+    nonfinite = ~(loss_ok & grad_ok)
+    none = np.zeros_like(nonfinite)
+    if amp:
+        diverging, skipped = ~loss_ok, loss_ok & ~grad_ok
+    elif skip:
+        diverging, skipped = none, nonfinite
+    else:
+        diverging, skipped = nonfinite, none
+    if explode_above is None:
+        exploded = none
+    else:
+        with np.errstate(invalid="ignore"):
+            exploded = loss_ok & (loss > explode_above)
+    return {"nonfinite": nonfinite, "diverging": diverging, "exploded": exploded,
+            "skipped": skipped}
+
+
+def window_columns(steps: np.ndarray, rows: dict[str, np.ndarray],
+                   flags: dict[str, np.ndarray], lr: list[float], wall: list[float],
+                   tokens_per_step: int, evals: dict[int, dict[str, float]]
+                   ) -> dict[str, np.ndarray]:
+    """A flush's rows for `steps` (the window's first len(steps) steps: a divergence cuts
+    it short), in METRICS_SCHEMA's columns: the device's numbers, the host's lr and
+    clock, and each evaluation on its own step's row (null on the others)."""
+    n = len(steps)
+    cols = {
+        "step": steps,
+        "tokens": steps * tokens_per_step,
+        "train_loss": rows["train_loss"][:n],
+        "grad_norm_pre": rows["grad_norm_pre"][:n],
+        "grad_norm_post": rows["grad_norm_post"][:n],
+        "clipped": rows["clipped"][:n],
+        "lr": np.asarray(lr[:n], dtype=np.float64),
+        "nonfinite": flags["nonfinite"][:n],
+        "skipped": flags["skipped"][:n],
+        "wall_s": np.asarray(wall[:n], dtype=np.float64),
+    }
+    first = int(steps[0]) if n else 0
+    for name in EVAL_COLUMNS:
+        col = np.full(n, np.nan)
+        for s, e in evals.items():
+            if first <= s < first + n:
+                col[s - first] = e.get(name, np.nan)
+        cols[name] = col
+    return cols
 
 
 PARAM_SCHEMA = pa.schema([
@@ -240,17 +300,6 @@ class ParamLog:
             "grad_norm": host[0], "grad_norm_post": host[1],
             "weight_norm": host[2], "update_ratio": host[3],
         })
-
-
-def grad_norm_stats(pre: np.ndarray) -> dict[str, float] | None:
-    finite = pre[np.isfinite(pre)]
-    if finite.size == 0:
-        return None
-    return {
-        "median": float(np.median(finite)),
-        "p99": float(np.percentile(finite, 99)),
-        "max": float(finite.max()),
-    }
 
 
 def _git_commit() -> str | None:

@@ -99,6 +99,26 @@ class MetricsWriter:
             self._errors.clear()
             raise error
 
+    def salvage(self, first: Job, whole: Callable[[], list[Job]]) -> None:
+        """After an error or Ctrl-C: every row in memory to disk, as far as that still
+        works. `first` hands over what is left (the caller's buffered rows, or every file
+        whole again, since the last hand-over may have been cut short: the error raised by
+        `submit` was the previous write's, or Ctrl-C came while waiting for it); after a
+        failure, `whole()` (every file) is handed over once more. A failure here is
+        logged, not raised: summary.json records the error that ended the run."""
+        try:
+            first()
+            self.drain()
+            return
+        except Exception as e:
+            log.warning("writing the last metrics rows failed (%s: %s); trying again",
+                        type(e).__name__, e)
+        try:
+            self.submit(*whole())
+            self.drain()
+        except Exception as e:
+            log.error("the metrics files lack the last rows: %s: %s", type(e).__name__, e)
+
     @property
     def pending(self) -> bool:
         """Whether a hand-over is queued or being written (for tests and diagnostics)."""

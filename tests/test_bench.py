@@ -32,6 +32,20 @@ def test_bare_loop_and_trainer_train_the_same_model(tmp_path):
     assert (tmp_path / "t" / "metrics.parquet").exists()
 
 
+def test_the_clipping_bare_loop_trains_as_the_trainer_with_clip_norm(tmp_path):
+    """(a2), the fair anchor of (d): clip_grad_norm_ every step, at a max_norm that
+    clips every step here, gives the trainer's clip=norm model."""
+    cfg = compose([*SMALL, "clip=norm", "clip.max_norm=0.05", "optim=sgd", "optim.lr=0.5"])
+    run_bare, bare_model = bare_loop(cfg, CPU, clip_grad_norm=True)
+    run_trainer, trainer = trainer_loop(cfg, tmp_path / "t")
+    run_bare(10)
+    run_trainer(10)
+    for (name, a), (_, b) in zip(bare_model.named_parameters(),
+                                 trainer.model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert trainer.metrics.column("clipped").all()
+
+
 def test_trainer_loop_refuses_a_diverged_benchmark(tmp_path):
     cfg = compose([*SMALL, "clip=none", "optim=sgd", "optim.lr=1e6"])
     run, _ = trainer_loop(cfg, tmp_path / "t")
@@ -49,14 +63,18 @@ def test_bench_writes_its_table(tmp_path, capsys):
     slug = device_slug(CPU)
     doc = json.loads((out / f"{slug}.json").read_text())
     entry = doc["sizes"]["demo"]
-    assert set(entry["variants"]) == set("abcdef")
+    assert set(entry["variants"]) == {"a", "a2", "b", "c", "d", "e", "f"}
     assert entry["variants"]["a"]["ratio_to_a"] == pytest.approx(1.0)
     for row in entry["variants"].values():
         assert row["tokens_per_s"] > 0 and row["min_s"] <= row["median_s"] <= row["max_s"]
-    assert set(entry["targets"]) == {"b/a", "d/b"}
+    assert list(entry["targets"]) == ["b/a", "d/a2", "d/b"]  # (d)/(a2) beside (b)/(a)
+    rows = entry["variants"]
+    assert entry["ratios"]["d/a2"] == pytest.approx(
+        rows["d"]["tokens_per_s"] / rows["a2"]["tokens_per_s"])
     md = (out / f"{slug}.md").read_text()
     assert "bare PyTorch loop" in md and "| (f)" in md and "b/a ≥ 0.97" in md
-    assert "b/a =" in printed
+    assert "| (a2) bare loop + clip_grad_norm_" in md and "d/a2 ≥ 0.97" in md
+    assert "b/a =" in printed and "d/a2 =" in printed
     # a second size run merges into the same files instead of replacing them
     doc["sizes"]["other"] = dict(entry, size="other")
     (out / f"{slug}.json").write_text(json.dumps(doc))

@@ -353,3 +353,92 @@ def test_stateful_clipper_state_is_saved_with_the_run(tiny_cfg, tmp_path, clip):
     fresh.load_state_dict(state)  # a checkpoint can restore it
     for k, v in fresh.state_dict().items():
         assert torch.equal(v.cpu(), state[k]) if torch.is_tensor(v) else v == state[k]
+
+
+# ---- the pieces the loop is built from ----------------------------------------------
+
+SMALL_SEQUENCES = ("task.length=10", "task.val_sequences=20", "model=gru")
+TASK_CONFIGS = {
+    "tinyshakespeare": [],
+    "adding": ["task=adding", *SMALL_SEQUENCES],
+    "temporal_order": ["task=temporal_order", *SMALL_SEQUENCES],
+    "copy": ["task=copy", *SMALL_SEQUENCES],
+    "regression_mlp": ["task=regression_mlp", "model=mlp"],
+}
+
+
+@pytest.mark.parametrize("name", list(TASK_CONFIGS))
+def test_every_builtin_task_provides_the_task_protocol(tiny_cfg, name):
+    """`Task` is the whole interface the trainer uses: a built-in task lacking a member
+    of it would fail only when a run reached that member (a resume, the final step)."""
+    from seqbench.data.tasks import HasSuccess, Task
+
+    members = {n for n in vars(Task) if not n.startswith("_")} | set(Task.__annotations__)
+    assert {"train_loss", "advance", "evaluate", "baseline", "state_dict",
+            "load_state_dict", "tokens_per_step", "metric", "name"} <= members
+    from seqbench.config import compose
+
+    cfg = tiny_cfg() if name == "tinyshakespeare" else compose(TASK_CONFIGS[name])
+    task = build_task(cfg.task)
+    task.setup(torch.device("cpu"), 1)
+    for member in members:
+        assert hasattr(task, member), member
+        if callable(getattr(Task, member, None)):
+            assert callable(getattr(task, member)), member
+    assert isinstance(task.tokens_per_step, int) and task.tokens_per_step > 0
+    assert isinstance(task, HasSuccess) == (name != "tinyshakespeare")
+
+
+VOLATILE = ("wall_seconds", "train_seconds", "tokens_per_second", "timing")
+
+
+def test_summarize_rebuilds_what_the_run_wrote_without_touching_anything(tiny_cfg,
+                                                                        tmp_path):
+    import copy
+
+    from seqbench.models import count_parameters
+    from seqbench.summary import summarize
+
+    cfg = tiny_cfg("trainer.eval_every=5", "clip=norm", "clip.relative=true",
+                   "clip.calibration_steps=3")
+    trainer = Trainer(cfg, tmp_path)
+    written = trainer.run()
+    state = copy.deepcopy(trainer.state)
+    args = dict(log_every=5, metric=trainer.task.metric, baseline=trainer.baseline,
+                elapsed=1.0, timing=trainer.times, clip=trainer.clip.summary(),
+                task=trainer.task.describe(), parameters=count_parameters(trainer.model),
+                frozen=trainer.frozen, config=trainer.flat_config, env=trainer.env)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    again = summarize(trainer.state, trainer.metrics, **args)
+    assert list(again) == list(written)  # the same keys, in the same order
+    assert {k: v for k, v in again.items() if k not in VOLATILE} == \
+        {k: v for k, v in written.items() if k not in VOLATILE}
+    assert again["wall_seconds"] == 1.0  # the clock is an input, not read inside
+    assert trainer.state == state and sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_summarize_a_diverged_run_by_hand(tmp_path):
+    """No run needed: the state and the rows are the whole input."""
+    from seqbench.data.tasks import BPC
+    from seqbench.metrics import MetricsFile
+    from seqbench.summary import RunState, summarize
+
+    rows = MetricsFile(tmp_path / "never_written.parquet")
+    rows.add({"step": np.arange(1, 4), "train_loss": np.array([3.0, 2.0, np.nan]),
+              "grad_norm_pre": np.array([1.0, 2.0, np.inf]),
+              "clipped": np.array([False, True, False])})
+    state = RunState(status="diverged", divergence="nonfinite", first_nonfinite_step=3,
+                     divergence_step=3, steps_completed=3, tokens_seen=30,
+                     evals={2: {"val_loss": 1.0, "val_bpc": 1.5, "val_metric": 1.5}},
+                     initial_loss=3.0, eval_seconds=0.5)
+    s = summarize(state, rows, log_every=5, metric=BPC,
+                  baseline={"val_metric": 4.0, "description": "unigram"}, elapsed=2.5,
+                  timing={"created_at": 0.0}, clip=None, task={}, parameters=7, frozen=[],
+                  config={"seed": 0}, env={})
+    assert not (tmp_path / "never_written.parquet").exists()
+    assert s["status"] == "diverged" and s["outcome"] == "diverged"
+    assert s["final_val_metric"] is None and s["final_train_loss"] is None
+    assert s["best_val_metric"] == 1.5 and s["best_val_bpc"] == 1.5
+    assert s["grad_norm_pre"]["max"] == 2.0 and s["clip_fraction"] == pytest.approx(1 / 3)
+    assert s["train_seconds"] == 2.0 and s["tokens_per_second"] == 15.0
+    assert s["initial_loss"] == 3.0 and s["baseline"] == "unigram"

@@ -11,6 +11,8 @@ The streams live on the device once; every window is a view, never a copy.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -75,3 +77,15 @@ class StreamBatches:
 
 def to_device(ids, device: torch.device) -> Tensor:
     return torch.as_tensor(ids, dtype=torch.long).to(device)
+
+
+def tensors_to(obj: Any, device: torch.device) -> Any:
+    """Every tensor of a nested dict/list/tuple moved to `device` (a task's hidden states
+    and a checkpoint's payload are such trees); everything else as it is."""
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: tensors_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tensors_to(v, device) for v in obj)
+    return obj

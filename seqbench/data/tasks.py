@@ -1,37 +1,16 @@
 """Tasks: what is learned (data stream + model + loss), one registry entry per task.
 
 A task owns its data and its recurrent state, so the trainer stays one loop for every
-task: it asks for the loss of micro-batch j, steps, and tells the task to advance.
-
-The interface every task provides (the trainer uses nothing else):
-
-- `name: str`, `metric: MetricSpec` -- the task's quality measure;
-- `setup(device, accum_steps)` -- put data on the device; `accum_steps` micro-batches;
-- `build_model(model_cfg) -> nn.Module`;
-- `tokens_per_step: int` -- tokens (or samples) one optimizer step consumes;
-- `describe() -> dict` -- facts for summary.json (sizes, vocabulary, ...);
-- `train_loss(model, j) -> Tensor` -- mean loss of micro-batch j of the current step,
-  computed on the device (no host reads);
-- `advance()` -- move to the next step's data; `reset_state()` -- drop carried state;
-- `evaluate(model, max_batches) -> dict` with `val_loss`, `val_metric` (and `val_bpc`
-  for text), Python floats; called every `eval_every` steps and at the end;
-- `state_dict() -> dict` / `load_state_dict(state)` -- the data position and any
-  carried state (hidden states, generator states), tensors and plain values only, so a
-  checkpointed run resumes on exactly the data it would have seen;
-- `baseline(max_batches=0) -> dict` with `val_metric` (the unit and direction of
-  evaluate's), a one-line `description`, and optionally `val_loss` and other numbers:
-  what an input-independent predictor scores on exactly the validation data that
-  `evaluate(model, max_batches)` scores. A run counts as trained only when its
-  `val_metric` beats it. Computed from the data alone (no model, no seed, on the host),
-  cheaply, before or after `setup`, so a report can recompute it for an old run;
-- optional `success(model) -> dict` with `task_success: bool` and the numbers behind it,
-  called once at the end of a completed run (e.g. error rate on fresh sequences).
+task: it asks for the loss of micro-batch j, steps, and tells the task to advance. What a
+task must provide is the `Task` protocol below: the trainer uses nothing else, so a
+plugin's task needs no base class, only these members.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqbench.checks import at_least, one_of
-from seqbench.data.batching import StreamBatches, max_seq_len, target_spans, to_device
+from seqbench.data.batching import StreamBatches, max_seq_len, target_spans, tensors_to, to_device
 from seqbench.data.corpus import read_text_file, tinyshakespeare
 from seqbench.data.vocab import ByteVocab, CharVocab, token_counts
 from seqbench.errors import ConfigError
@@ -59,6 +38,75 @@ class MetricSpec:
 
 
 BPC = MetricSpec("bpc", "bits/char")
+
+
+class Task(Protocol):
+    """What the trainer asks of a task (`seqbench.train.Trainer`), and nothing more."""
+
+    name: str
+    metric: MetricSpec  # the task's quality measure, as evaluate() reports it
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens (or samples) one optimizer step consumes; read once, after setup."""
+        ...
+
+    def setup(self, device: torch.device, accum_steps: int) -> None:
+        """Put the data on the device; each step is `accum_steps` micro-batches."""
+        ...
+
+    def build_model(self, model_cfg: Any) -> nn.Module: ...
+
+    def describe(self) -> dict:
+        """Facts for summary.json (sizes, vocabulary, ...)."""
+        ...
+
+    def train_loss(self, model: nn.Module, j: int) -> Tensor:
+        """Mean loss of micro-batch j of the current step, computed on the device: a host
+        read here would be a sync on every step."""
+        ...
+
+    def advance(self) -> None:
+        """Move to the next step's data."""
+        ...
+
+    def reset_state(self) -> None:
+        """Drop carried state (hidden states): a skipped step may have poisoned it."""
+        ...
+
+    def evaluate(self, model: nn.Module, max_batches: int = 0) -> dict[str, float]:
+        """`val_loss`, `val_metric` (and `val_bpc` for text), as Python floats; called
+        every `eval_every` steps and at the end."""
+        ...
+
+    def state_dict(self) -> dict:
+        """The data position and any carried state (hidden states, generator states),
+        tensors and plain values only, so a checkpointed run resumes on exactly the data
+        it would have seen."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def baseline(self, max_batches: int = 0) -> dict:
+        """What an input-independent predictor scores on exactly the validation data
+        `evaluate(model, max_batches)` scores: `val_metric` (evaluate's unit and
+        direction), a one-line `description`, optionally `val_loss` and other numbers.
+
+        A run counts as trained only when its `val_metric` beats it. Computed from the
+        data alone (no model, no seed, on the host), cheaply, before or after `setup`,
+        so a report can recompute it for an old run."""
+        ...
+
+
+@runtime_checkable
+class HasSuccess(Protocol):
+    """A task with a stated success criterion (e.g. error rate on fresh sequences): the
+    trainer calls `success` once, at the end of a completed run."""
+
+    def success(self, model: nn.Module) -> dict:
+        """`task_success: bool` and the numbers behind it."""
+        ...
+
 
 SPLIT = (0.90, 0.05, 0.05)  # contiguous train / validation / test, in that order
 
@@ -216,11 +264,9 @@ class CharLMTask:
         return {"position": self.train_stream.position, "hidden": list(self.hidden)}
 
     def load_state_dict(self, state: dict) -> None:
-        from seqbench.checkpoint import to_device
-
         self.train_stream.position = int(state["position"])
         device = self.train_stream.data.device
-        self.hidden = [to_device(h, device) for h in state["hidden"]]
+        self.hidden = [tensors_to(h, device) for h in state["hidden"]]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int = 0) -> dict[str, float]:
@@ -260,5 +306,5 @@ def text_file_task(cfg: TextFileTaskConfig) -> CharLMTask:
     return CharLMTask("text_file", cfg, vocab, ids, unknown, path_key="task.path")
 
 
-def build_task(cfg):
+def build_task(cfg) -> Task:
     return TASKS.get(cfg.name).build(cfg)
