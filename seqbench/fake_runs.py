@@ -79,7 +79,7 @@ _PARAM_WEIGHT = np.array([8.0, 4.0, 6.0, 0.5, 0.5, 3.0, 0.3])
 
 
 @dataclass(frozen=True)
-class SyntheticTask:
+class FakeTask:
     """What the synthetic runs of one task measure, and how.
 
     ``success_at``: the task's success criterion on the final validation metric
@@ -102,12 +102,12 @@ class SyntheticTask:
         return self.metric == "bpc"
 
 
-SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
-    "synthetic-chars": SyntheticTask("synthetic-chars", "bpc", "bits/char", True, 64, 16,
+SYNTHETIC_TASKS: dict[str, FakeTask] = {
+    "synthetic-chars": FakeTask("synthetic-chars", "bpc", "bits/char", True, 64, 16,
                                      baseline=1.85),
-    "adding": SyntheticTask("adding", "mse", "squared target units", True, 100, 32, 0.01,
+    "adding": FakeTask("adding", "mse", "squared target units", True, 100, 32, 0.01,
                             baseline=0.17),
-    "copy": SyntheticTask("copy", "accuracy", "fraction of symbols", False, 50, 32, 0.9,
+    "copy": FakeTask("copy", "accuracy", "fraction of symbols", False, 50, 32, 0.9,
                           baseline=0.6),
 }
 
@@ -139,7 +139,7 @@ def _clip_factor(method: str, thr: float | None) -> float:
 
 
 def _config(
-    task: SyntheticTask,
+    task: FakeTask,
     opt: str,
     lr: float,
     method: str,
@@ -185,7 +185,7 @@ def _write_json(path: Path, obj: object) -> None:
 
 
 def _metrics_table(
-    cols: dict[str, np.ndarray], is_eval: np.ndarray, task: SyntheticTask, legacy: bool
+    cols: dict[str, np.ndarray], is_eval: np.ndarray, task: FakeTask, legacy: bool
 ) -> pa.Table:
     arrays = {
         "step": pa.array(cols["step"], pa.int64()),
@@ -205,7 +205,7 @@ def _metrics_table(
     return pa.table(arrays)
 
 
-def _curves(task: SyntheticTask, excess: np.ndarray, T: int, noise: np.ndarray) -> np.ndarray:
+def _curves(task: FakeTask, excess: np.ndarray, T: int, noise: np.ndarray) -> np.ndarray:
     """The (runs, steps) training-loss curves: from the initial loss down to each run's final.
 
     ``excess`` >= 0 is how far each run is from the best quality it could reach; its
@@ -230,7 +230,7 @@ def _curves(task: SyntheticTask, excess: np.ndarray, T: int, noise: np.ndarray) 
     return loss + 0.04 * noise
 
 
-def _validation(task: SyntheticTask, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _validation(task: FakeTask, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validation loss and metric from the training-loss curves."""
     if task.name == "adding":
         val_loss = loss * 1.05

@@ -8,7 +8,7 @@ that writes its numbers to ``reports/bench/``, never with timed assertions in te
 
 How it measures:
 
-- The sweep is written by :func:`seqbench.report.synthetic.write_synthetic_sweep`
+- The sweep is written by :func:`seqbench.fake_runs.write_synthetic_sweep`
   (the run-directory contract: summary.json, metrics.parquet, .hydra/) into a
   temporary directory and deleted afterwards unless ``keep``. Writing is timed on
   its own and not counted: it is the sweep's cost, not the report's.
@@ -73,7 +73,7 @@ def generate_sweep(root: Path, n_runs: int, n_steps: int, seed: int = 0) -> None
     No defect directories: ``n_runs`` is the number the report reads. Divergence is part
     of the synthetic model, so some runs stop early and hold fewer rows.
     """
-    from seqbench.report.synthetic import write_synthetic_sweep
+    from seqbench.fake_runs import write_synthetic_sweep
 
     seeds = range(max(1, math.ceil(n_runs / GRID_CONFIGS)))
     write_synthetic_sweep(

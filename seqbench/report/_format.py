@@ -197,6 +197,10 @@ def setting(key: str, value: object) -> str:
         return _CELLS.get(str(value), str(value))
     if key == "optim.momentum":
         return f"momentum {num(value)}" if value else "no momentum"
+    if key == "model.forget_bias":
+        return f"forget bias {num(value)}"
+    if key == "model.init" and value == "pascanu":
+        return "Pascanu's init"
     return f"{key}={value if isinstance(value, str) else num(value)}"
 
 

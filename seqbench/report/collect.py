@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqbench.report.tasks import BPC, METRIC_COLUMNS
+from seqbench.report.task_groups import BPC, METRIC_COLUMNS
 from seqbench.rundir import (
     GRAD_NORM_STATS,
     INCOMPLETE,

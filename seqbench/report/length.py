@@ -24,7 +24,7 @@ import pandas as pd
 
 from seqbench.report.lr_summary import group_columns
 from seqbench.report.stats import STAT_COLUMNS, sort_cells, varying_within
-from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN
+from seqbench.report.task_groups import METRIC_COLUMNS, TASK_COLUMN
 from seqbench.rundir import TERMINAL
 
 #: The config keys that are a sequence length: truncated-BPTT window (text) and T
@@ -201,7 +201,7 @@ def grad_norms_by_length(runs_df: pd.DataFrame, cells_df: pd.DataFrame) -> pd.Da
     if not has_length_axis(cells_df) or runs_df.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     from seqbench.report.stats import threshold
-    from seqbench.report.tasks import with_metric
+    from seqbench.report.task_groups import with_metric
 
     runs = with_length(with_metric(runs_df))
     runs["threshold"] = threshold(runs)

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from seqbench.report.stats import STAT_COLUMNS, cell_index, sort_cells
-from seqbench.report.tasks import METRIC_COLUMNS
+from seqbench.report.task_groups import METRIC_COLUMNS
 from seqbench.rundir import TERMINAL
 
 BOOTSTRAP = 2000

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from seqbench.report import _format as fmt
-from seqbench.report import length, length_text
+from seqbench.report import length
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
 from seqbench.report.sentences import (
@@ -42,6 +42,7 @@ from seqbench.report.sentences import (
     headline,
     task_sentences,
 )
+from seqbench.report.sentences import length as length_text
 from seqbench.report.tables import (
     LR_HEADING,
     LR_NOTE,
@@ -54,7 +55,7 @@ from seqbench.report.tables import (
     printable,
     stable_table,
 )
-from seqbench.report.tasks import BPC, TaskGroup, split_by_task
+from seqbench.report.task_groups import BPC, TaskGroup, split_by_task
 from seqbench.rundir import atomic_write_bytes, atomic_write_text
 
 _CSS = """

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from seqbench.report.collect import DERIVED_COLUMNS, RUN_COLUMNS
-from seqbench.report.tasks import METRIC_COLUMNS, TASK_COLUMN, task_key_columns, with_metric
+from seqbench.report.task_groups import METRIC_COLUMNS, TASK_COLUMN, task_key_columns, with_metric
 from seqbench.rundir import NON_EXPERIMENT_KEYS, TERMINAL
 
 #: Two-sided 95% standard-normal quantile, the z of the Wilson interval.

@@ -16,7 +16,7 @@ import pandas as pd
 from seqbench.report import _format as fmt
 from seqbench.report.lr_summary import LR_COLUMNS
 from seqbench.report.stats import STAT_COLUMNS, varying_within
-from seqbench.report.tasks import BPC, MetricInfo, metric_of
+from seqbench.report.task_groups import BPC, MetricInfo, metric_of
 
 
 def printable(text: object) -> str:
@@ -61,35 +61,35 @@ def cells_note(metric: MetricInfo = BPC, success: bool = False) -> str:
     return text + " — means no value (nothing is imputed)."
 
 
-def _key(rec: dict, cols: Sequence[str]) -> tuple:
+def row_key(rec: dict, cols: Sequence[str]) -> tuple:
     return tuple(None if fmt.is_missing(rec.get(c)) else rec.get(c) for c in cols)
 
 
 _LSL_STATS = LR_COLUMNS
-_COORDS = ("optim.name", "clip.method", "threshold", "optim.lr")
+COORDS = ("optim.name", "clip.method", "threshold", "optim.lr")
 
 
-def _config_cols(df: pd.DataFrame) -> list[str]:
+def config_cols(df: pd.DataFrame) -> list[str]:
     skip = set(STAT_COLUMNS) | set(_LSL_STATS) | {"cell", "clip.max_norm", "clip.clip_value"}
     return [c for c in df.columns if c not in skip]
 
 
-def _distinguishing(df: pd.DataFrame) -> list[str]:
+def distinguishing(df: pd.DataFrame) -> list[str]:
     """Config columns beyond the usual coordinates that tell rows apart: those that take
     several values for one optimizer and clip setting, whatever the lr (SGD with and
     without momentum over learning-rate grids that do not overlap is still two things,
     and a row must say which)."""
-    cols = [c for c in _config_cols(df) if c not in _COORDS]
-    return varying_within(df, [c for c in _COORDS if c != "optim.lr"], cols)
+    cols = [c for c in config_cols(df) if c not in COORDS]
+    return varying_within(df, [c for c in COORDS if c != "optim.lr"], cols)
 
 
 def _constant_settings(cells_df: pd.DataFrame) -> list[tuple[str, str]]:
     """Config keys with one value wherever they are set ("where set" if some cells lack them)."""
     if cells_df.empty:
         return []
-    skip = set(_distinguishing(cells_df)) | set(_COORDS)
+    skip = set(distinguishing(cells_df)) | set(COORDS)
     out = []
-    for c in _config_cols(cells_df):
+    for c in config_cols(cells_df):
         if c in skip:
             continue
         col = cells_df[c].astype(object)
@@ -123,7 +123,7 @@ def stable_table(stable_df: pd.DataFrame) -> pd.DataFrame:
     """The learning-rate summary as display strings (constant columns left out)."""
     if stable_df.empty:
         return pd.DataFrame()
-    extra = _distinguishing(stable_df)
+    extra = distinguishing(stable_df)
     rows = []
     for r in stable_df.to_dict("records"):
         row = _setting_columns(r, extra, with_lr=False)
@@ -157,7 +157,7 @@ def cells_table(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> pd.
     if cells_df.empty:
         return pd.DataFrame()
     metric = metric or metric_of(cells_df)
-    extra = _distinguishing(cells_df)
+    extra = distinguishing(cells_df)
     show_incomplete = bool((cells_df["n_incomplete"] > 0).any())
     show_success = (
         "n_success_trials" in cells_df and bool(cells_df["n_success_trials"].notna().any())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import make_report
 from seqbench.report.collect import collect_runs
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
-from seqbench.report.synthetic import write_synthetic_sweep
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import _format as fmt
 from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
 from seqbench.report.figures import registry
 from seqbench.report.stats import cells
-from seqbench.report.synthetic import write_synthetic_sweep
-from seqbench.report.tasks import MetricInfo
+from seqbench.report.task_groups import MetricInfo
 
 LRS = {"sgd": (0.1, 1.0, 10.0), "adam": (0.001, 0.01)}
 CLIPS = (("none", math.nan), ("value", 0.5), ("norm", 1.0))

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
 from seqbench.report.figures import registry
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
-from seqbench.report.synthetic import write_synthetic_sweep
 
 LENGTH_FIGURES = ("stability_map", "grad_norm_length", "seed_curves")
 REPORT_ORDER = (

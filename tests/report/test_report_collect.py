@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report.collect import (
     CURVE_COLUMNS,
     ReportInputError,
@@ -19,7 +20,6 @@ from seqbench.report.collect import (
     find_run_dirs,
     load_curves,
 )
-from seqbench.report.synthetic import write_synthetic_sweep
 
 
 def test_corrupt_and_incomplete_are_listed(sweep, collected):

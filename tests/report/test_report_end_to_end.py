@@ -9,8 +9,8 @@ import re
 import pandas as pd
 import pytest
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import ReportInputError, make_report
-from seqbench.report.synthetic import write_synthetic_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

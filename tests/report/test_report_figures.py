@@ -11,11 +11,11 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgb
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
-from seqbench.report.synthetic import write_synthetic_sweep
 
 
 def _titled_axes(fig):

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import make_report
 from seqbench.report.collect import collect_runs
-from seqbench.report.synthetic import write_synthetic_sweep
 
 GOOD = ("0000", "0001", "0002")
 STATUSES = {"running", "completed", "diverged", "error", "interrupted"}

@@ -217,7 +217,7 @@ def test_learned_then_collapsed_is_named_and_drawn(tmp_path):
     collected = collect_runs(runs)
     synth = collected.runs[collected.runs["task.name"] == "temporal_order"]
     from seqbench.report.figures.seed_curves import seed_curves
-    from seqbench.report.tasks import metric_of
+    from seqbench.report.task_groups import metric_of
 
     plot = seed_curves(synth, cells(synth), runs, metric_of(synth))
     row = plot.data[(plot.data["length"] == 100) & (plot.data["seed"] == 0)

@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgb
 
+from seqbench.fake_runs import SYNTHETIC_TASKS, write_synthetic_sweep
 from seqbench.report import figures as F
 from seqbench.report import make_report
 from seqbench.report import render as R
 from seqbench.report.collect import RUN_COLUMNS, collect_runs
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
-from seqbench.report.synthetic import SYNTHETIC_TASKS, write_synthetic_sweep
-from seqbench.report.tasks import MixedMetricsError, metric_of, split_by_task
+from seqbench.report.task_groups import MixedMetricsError, metric_of, split_by_task
 
 SMALL = {"steps": 20, "eval_every": 5, "hydra": False}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections import Counter
 
 import numpy as np
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.colors import to_rgb
 
+from seqbench.fake_runs import PARAM_NAMES, write_synthetic_sweep
 from seqbench.metrics import PARAM_SCHEMA, MetricsFile
 from seqbench.report import figures as F
 from seqbench.report import make_report
@@ -31,7 +33,6 @@ from seqbench.report.collect import (
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.render import DAMAGED_HEADING
 from seqbench.report.stats import cells
-from seqbench.report.synthetic import PARAM_NAMES, write_synthetic_sweep
 
 EVERY = 5
 
@@ -284,13 +285,14 @@ def test_param_figure_one_line_per_tensor_with_the_right_points(psweep, pcollect
 
 def test_param_figure_hue_survives_string_names(psweep, pcollected, monkeypatch):
     """pandas 3 `str` dtype for names and labels: every line still gets its own colour."""
-    real = F.load_param_metrics
+    module = sys.modules["seqbench.report.figures.param_grad_norms"]
+    real = module.load_param_metrics
 
     def as_str(*a, **k):
         out = real(*a, **k)
         return out.assign(name=out["name"].astype("str"))
 
-    monkeypatch.setattr(F, "load_param_metrics", as_str)
+    monkeypatch.setattr(module, "load_param_metrics", as_str)
     runs = pcollected.runs
     c = cells(runs)
     plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)

@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import t as t_dist
 
+from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import PHASES, make_report
 from seqbench.report import figures as F
 from seqbench.report.collect import read_columns
-from seqbench.report.synthetic import write_synthetic_sweep
 
 # --------------------------------------------------------------------------- binning
 

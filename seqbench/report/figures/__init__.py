@@ -70,7 +70,7 @@ from seqbench.report.figures.registry import (
     unregister,
 )
 from seqbench.report.stats import cell_index
-from seqbench.report.tasks import BPC, MetricInfo, TaskGroup, metric_of
+from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup, metric_of
 
 # isort: off
 # Registration order is report order: keep these imports in the order of the report.

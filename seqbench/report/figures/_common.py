@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from seqbench.report import _format as fmt
 from seqbench.report.stats import CLIP_METHOD_ORDER, STAT_COLUMNS, varying_within
-from seqbench.report.tasks import MetricInfo, TaskGroup, metric_of
+from seqbench.report.task_groups import MetricInfo, TaskGroup, metric_of
 from seqbench.rundir import atomic_write_bytes
 
 DPI = 110

@@ -27,7 +27,7 @@ from seqbench.report.figures._common import (
 )
 from seqbench.report.figures._heatmap import MAX_PANELS
 from seqbench.report.figures._lr_marks import Band, YAxis, shade, shared_y
-from seqbench.report.tasks import MetricInfo
+from seqbench.report.task_groups import MetricInfo
 
 #: Line markers by threshold rank within a clip method ('x' is kept for diverged runs).
 _MARKERS: tuple[str, ...] = ("o", "s", "D", "^", "v", "P", "p", "h", "<", ">")

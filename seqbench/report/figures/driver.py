@@ -17,7 +17,7 @@ from seqbench.report.figures._common import (
 )
 from seqbench.report.figures.registry import FigureInput, figure_name
 from seqbench.report.stats import cell_index
-from seqbench.report.tasks import BPC, TaskGroup, split_by_task
+from seqbench.report.task_groups import BPC, TaskGroup, split_by_task
 
 
 def _is_report_figure(stem: str) -> bool:

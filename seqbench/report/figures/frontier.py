@@ -28,7 +28,7 @@ from seqbench.report.figures._common import (
     facet_columns,
 )
 from seqbench.report.figures.registry import FigureInput, register
-from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.report.task_groups import MetricInfo, metric_of
 
 MAX_STRIP_ROWS = 8
 #: Optimizer markers of the frontier; all have an outline, so they can be drawn hollow.

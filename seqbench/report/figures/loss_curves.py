@@ -37,7 +37,7 @@ from seqbench.report.figures._common import (
 )
 from seqbench.report.figures.registry import FigureInput, register
 from seqbench.report.stats import cell_index, t_interval_from_summary
-from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.report.task_groups import MetricInfo, metric_of
 from seqbench.rundir import TERMINAL
 
 NATS = "nats/char"

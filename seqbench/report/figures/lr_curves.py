@@ -60,7 +60,7 @@ from seqbench.report.figures._lr_table import (
     write_caption,
 )
 from seqbench.report.figures.registry import FigureInput, register
-from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.report.task_groups import MetricInfo, metric_of
 
 DIVERGED_LEGEND = "diverged runs, k/n\n(top band; not a value)"
 

@@ -18,6 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from seqbench.report import _format as fmt
+from seqbench.report.collect import load_param_metrics
 from seqbench.report.figures._common import (
     MAX_CURVE_POINTS,
     FigureSkipped,
@@ -29,7 +30,7 @@ from seqbench.report.figures._common import (
 )
 from seqbench.report.figures.registry import FigureInput, register
 from seqbench.report.stats import cell_index
-from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.report.task_groups import MetricInfo, metric_of
 from seqbench.rundir import TERMINAL
 
 #: At most this many configurations (panels per row pair) in the per-layer figure, and
@@ -96,17 +97,6 @@ def _runs_with_param_data(runs_df: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def _load_param_metrics(*args, **kwargs) -> pd.DataFrame:
-    """``collect.load_param_metrics``, looked up on the package at call time.
-
-    ``seqbench.report.figures`` is the figures' public namespace: a test that substitutes
-    its ``load_param_metrics`` (as it did when the figures were one module) reaches here.
-    """
-    from seqbench.report import figures
-
-    return figures.load_param_metrics(*args, **kwargs)
-
-
 def param_grad_norms(
     runs_df: pd.DataFrame,
     cells_df: pd.DataFrame,
@@ -148,7 +138,7 @@ def param_grad_norms(
     chosen = chosen.sort_values("__order", kind="stable")
     runs = runs.merge(chosen[["cell", "label", "__opt"]], on="cell", how="inner")
     errors: list[tuple[str, str]] = []
-    params = _load_param_metrics(runs_dir, runs["run_dir"], [c for c, _ in PARAM_ROWS],
+    params = load_param_metrics(runs_dir, runs["run_dir"], [c for c, _ in PARAM_ROWS],
                                  errors=errors)
     if params.empty and not errors:  # runs_df did not say which runs have files
         raise FigureSkipped(

@@ -17,7 +17,7 @@ from seqbench.report import _format as fmt
 from seqbench.report.figures._common import LOG_SPAN, FigureSkipped, Plot
 from seqbench.report.figures._heatmap import _heatmap
 from seqbench.report.figures.registry import FigureInput, register
-from seqbench.report.tasks import MetricInfo, metric_of
+from seqbench.report.task_groups import MetricInfo, metric_of
 
 
 def _value_norm(vals: np.ndarray) -> Normalize:
@@ -40,7 +40,7 @@ def metric_heatmap(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> 
     """Mean final validation metric over finished seeds; blank where nothing finished.
 
     ``metric`` defaults to the one metric of ``cells_df``; a table that mixes metrics
-    raises :class:`~seqbench.report.tasks.MixedMetricsError`.
+    raises :class:`~seqbench.report.task_groups.MixedMetricsError`.
     """
     metric = metric or metric_of(cells_df)
     col = "final_val_metric_mean"

@@ -13,7 +13,7 @@ of the report. :func:`~seqbench.report.figures.driver.make_figures` calls every 
 the same way, once per task group, and turns :class:`FigureSkipped` into a note.
 
 ``title`` is the heading a document gives the figure: a string, or a function of the
-task's :class:`~seqbench.report.tasks.MetricInfo`. ``file`` is the PNG's stem (default:
+task's :class:`~seqbench.report.task_groups.MetricInfo`. ``file`` is the PNG's stem (default:
 the kind); ``{metric}`` in it stands for the metric's name (``{metric}_heatmap`` ->
 ``bpc_heatmap``), and any metric's name matches it when a re-render looks for stale
 figures to remove.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from seqbench.report.figures._common import Plot
-from seqbench.report.tasks import BPC, MetricInfo, TaskGroup
+from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup
 
 #: The placeholder of a file name that stands for the task metric's name.
 METRIC_FIELD = "{metric}"

@@ -12,6 +12,7 @@ Drawn only when the runs vary a length key (``task.seq_len`` or ``task.length``)
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib as mpl
 import numpy as np
@@ -41,7 +42,7 @@ def panel_title(rec: dict, cols: list[str]) -> str:
             continue
         else:
             parts.append(fmt.setting(c, v).replace("model.cell=", ""))
-    return " · ".join(parts)
+    return textwrap.fill(" · ".join(parts), 30)
 
 
 def stability_map(cells_df: pd.DataFrame) -> Plot:
@@ -107,7 +108,7 @@ def stability_map(cells_df: pd.DataFrame) -> Plot:
             ax.set_visible(False)
         sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(sm, ax=list(axes[: len(panels)]), shrink=0.8,
-                     label=f"fraction of seeds that {what}")
+                     label=textwrap.fill(f"fraction of seeds that {what}", 28))
         fig.legend(handles=[Patch(facecolor="white", edgecolor="grey", hatch="xx",
                                   label="a seed diverged (count written)")],
                    loc="outside lower center", frameon=False)

@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 
 from seqbench.report import _format as fmt
-from seqbench.report import verdicts
 from seqbench.report.collect import CollectResult
+from seqbench.report.sentences import verdicts
 from seqbench.report.stats import varying_within, wilson_interval
-from seqbench.report.tables import _COORDS, _config_cols, _distinguishing, _key
-from seqbench.report.tasks import BPC, MetricInfo, TaskGroup, metric_of, split_by_task
+from seqbench.report.tables import COORDS, config_cols, distinguishing, row_key
+from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup, metric_of, split_by_task
 
 
 def _context_cols(stable_df: pd.DataFrame) -> list[str]:
     """Columns that separate comparisons: the optimizer and any swept non-clip setting."""
-    cols = [c for c in _config_cols(stable_df) if c not in _COORDS and not c.startswith("clip.")]
+    cols = [c for c in config_cols(stable_df) if c not in COORDS and not c.startswith("clip.")]
     lead = ["optim.name"] if "optim.name" in stable_df.columns else []
     return lead + varying_within(stable_df, lead, cols)
 
@@ -90,7 +90,7 @@ def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricIn
     word = "lowest" if metric.lower_is_better else "highest"
     return (
         f"The {word} mean final validation {label} was {text}, with "
-        f"{_setting_phrase(rec, _distinguishing(cells_df))} "
+        f"{_setting_phrase(rec, distinguishing(cells_df))} "
         f"({int(rec['n_finished'])} of {int(rec['n'])} seeds finished{caveat})."
     )
 
@@ -146,7 +146,7 @@ def _success_sentence(cells_df: pd.DataFrame, group: TaskGroup | None) -> str | 
     )
     return (
         f"{name} met its success criterion in {k} of {n} runs with "
-        f"{_setting_phrase(rec, _distinguishing(cells_df))} (95% Wilson interval "
+        f"{_setting_phrase(rec, distinguishing(cells_df))} (95% Wilson interval "
         f"{lo:.2f}–{hi:.2f}), the highest success rate{ties}; {overall} "
         "(diverged runs count as not met)."
     )
@@ -185,14 +185,14 @@ def task_sentences(
         ctx_cols = _context_cols(stable_df)
         contexts: dict[tuple, list[dict]] = {}
         for r in stable_df.to_dict("records"):
-            contexts.setdefault(_key(r, ctx_cols), []).append(r)
+            contexts.setdefault(row_key(r, ctx_cols), []).append(r)
         cell_cols = [c for c in ctx_cols if c in cells_df.columns]
         for ctx, recs in contexts.items():
-            ctx_cells = [c for c in cells_rec if _key(c, cell_cols) == ctx]
+            ctx_cells = [c for c in cells_rec if row_key(c, cell_cols) == ctx]
             name = context_name(recs[0], ctx_cols)
             said = any("LR sensitivity is the mean excess" in s for s in out)
             out += verdicts.context_sentences(name, recs, ctx_cells, metric, define=not said)
-    dead = verdicts.not_learned(cells_rec, _distinguishing(cells_df), _setting_phrase, metric)
+    dead = verdicts.not_learned(cells_rec, distinguishing(cells_df), _setting_phrase, metric)
     if dead:
         out.append(dead)
     if n_diverged:

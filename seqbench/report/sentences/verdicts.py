@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from seqbench.report import _format as fmt
-from seqbench.report.tasks import BPC, MetricInfo
+from seqbench.report.task_groups import BPC, MetricInfo
 
 #: How many configurations a "did not learn" sentence names before it counts the rest.
 MAX_NAMED = 4
