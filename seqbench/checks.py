@@ -63,3 +63,17 @@ def _fmt(c: Any) -> str:
 def rule(default: Any, text: str, ok: Callable[[Any], bool]) -> Any:
     """A one-off rule: `text` says what is allowed, `ok` decides."""
     return _f(default, (text, ok))
+
+
+def broken_rule(rule: Rule | None, value: Any) -> str | None:
+    """What `value` breaks of a field's declared `rule` (its text), or None when it obeys
+    or there is no rule. The one place rules are applied: config validation and a task
+    built without it (a test, a script) reject a value with the same words."""
+    if rule is None:
+        return None
+    text, ok = rule
+    try:
+        good = ok(value)
+    except TypeError:  # a value of another type than the rule reads: it breaks it
+        good = False
+    return None if good else text

@@ -30,7 +30,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from seqbench import precision, sizes, tblog
-from seqbench.checks import at_least, one_of, optional_above, rule
+from seqbench.checks import at_least, broken_rule, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.confdir import conf_dir
 from seqbench.data.tasks import TASKS
@@ -354,15 +354,9 @@ def field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
             out.append(ConfigError(prefix + name, value,
                                    "integers must be in [-2**63, 2**63 - 1]"))
             continue
-        if check is None:
-            continue
-        text, ok = check
-        try:
-            good = ok(value)
-        except TypeError:
-            good = False
-        if not good:
-            out.append(ConfigError(prefix + name, value, text))
+        broken = broken_rule(check, value)
+        if broken is not None:
+            out.append(ConfigError(prefix + name, value, broken))
     return out
 
 

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqbench.checks import at_least, in_range, one_of
+from seqbench.checks import at_least, broken_rule, in_range, one_of
 from seqbench.data.tasks import TASKS, MetricSpec
 from seqbench.errors import ConfigError
 from seqbench.models import make_recurrent
@@ -265,17 +265,10 @@ def check_fields(cfg, schema: type, prefix: str = "task.") -> None:
     """Apply the schema's declared rules, so a task built without `validate` (a test, a
     script) rejects a bad value with the same ConfigError the CLI prints."""
     for f in dataclasses.fields(schema):
-        rule = f.metadata.get("check")
-        if rule is None:
-            continue
-        text, ok = rule
         value = getattr(cfg, f.name)
-        try:
-            good = ok(value)
-        except TypeError:
-            good = False
-        if not good:
-            raise ConfigError(prefix + f.name, value, text)
+        broken = broken_rule(f.metadata.get("check"), value)
+        if broken is not None:
+            raise ConfigError(prefix + f.name, value, broken)
 
 
 # ---- the model --------------------------------------------------------------------------
