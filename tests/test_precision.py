@@ -57,7 +57,27 @@ def test_amp_off_never_probes(failing_probe, tmp_path, monkeypatch):
     assert failing_probe == []
 
 
-def test_a_sweep_probes_once_for_all_its_jobs(failing_probe, capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def loggers_kept():
+    """An in-process sweep lets Hydra apply the preset's `hydra_logging: disabled`, which
+    disables every logger that exists (disable_existing_loggers): later tests that read
+    seqbench's log lines (caplog) would see nothing. Put them back as they were."""
+    import logging
+
+    before = {name: (lg.disabled, lg.level)
+              for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    yield
+    for name, lg in logging.root.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            lg.disabled, lg.level = before.get(name, (False, logging.NOTSET))
+    logging.root.setLevel(root_level)
+    logging.root.handlers[:] = root_handlers
+
+
+def test_a_sweep_probes_once_for_all_its_jobs(failing_probe, capsys, tmp_path, monkeypatch,
+                                              loggers_kept):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:  # the sweeper exits inside Hydra
         main(["sweep", "demo", "trainer.amp=bf16", "--dry-run"])
