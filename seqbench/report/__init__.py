@@ -21,16 +21,18 @@ from seqbench.report.collect import (
     load_param_metrics,
 )
 from seqbench.report.figures import FigureResult, make_figures
+from seqbench.report.layout import Layout, enrich
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.outcomes import fill_outcomes
 from seqbench.report.render import write_documents
-from seqbench.report.stats import cell_index, cells, threshold
+from seqbench.report.stats import cells
 
 __all__ = [
     "PHASES",
     "CollectResult",
     "FigureResult",
     "ReportInputError",
+    "Layout",
     "ReportResult",
     "cells",
     "collect_runs",
@@ -101,19 +103,20 @@ def make_report(
     # outcomes (and baselines) of runs written before runs recorded them
     collected.runs, collected.derived = fill_outcomes(collected.runs, collected.runs_dir)
     clock.lap("collect")
-    runs = collected.runs.copy()
-    if not runs.empty:
-        runs["threshold"] = threshold(runs)
-        runs["cell"] = cell_index(runs)
-    cells_df = cells(collected.runs)
-    stable_df = lr_summary(cells_df, collected.runs)
+    # one runs table (threshold and cell computed once) and one layout for every stage
+    collected.runs = runs = enrich(collected.runs)
+    cells_df = cells(runs)
+    stable_df = lr_summary(cells_df, runs)
+    layout = Layout.of(runs, cells_df)
     clock.lap("stats")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figs = make_figures(collected.runs, cells_df, stable_df, collected.runs_dir, out / "figures")
+    figs = make_figures(runs, cells_df, stable_df, collected.runs_dir, out / "figures",
+                        layout=layout)
     clock.lap("figures")
     name = title or f"seqbench report: {Path(runs_dir).resolve().name}"
-    paths = write_documents(collected, runs, cells_df, stable_df, figs, out, title=name)
+    paths = write_documents(collected, runs, cells_df, stable_df, figs, out, title=name,
+                            layout=layout)
     clock.lap("render")
     status = collected.runs["status"].astype(object) if not collected.runs.empty else None
     return ReportResult(

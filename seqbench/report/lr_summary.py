@@ -121,7 +121,7 @@ def _sensitivities(cells_df: pd.DataFrame, gid: pd.Series, runs_df: pd.DataFrame
     """gid -> (sensitivity, lo, hi) from the runs of each group's cells."""
     if runs_df is None or runs_df.empty or "cell" not in cells_df:
         return {}
-    runs = runs_df.assign(cell=cell_index(runs_df))
+    runs = runs_df if "cell" in runs_df else runs_df.assign(cell=cell_index(runs_df))
     status = runs["status"].astype(object)
     verdict = status.isin(TERMINAL)
     l0 = pd.to_numeric(runs.get("initial_loss"), errors="coerce") \

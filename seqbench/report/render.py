@@ -31,6 +31,7 @@ from seqbench.report import _format as fmt
 from seqbench.report import length
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
+from seqbench.report.layout import Layout
 from seqbench.report.sentences import (
     DAMAGED_HEADING,
     DAMAGED_NOTE,
@@ -157,19 +158,24 @@ def sections(
     cells_df: pd.DataFrame,
     stable_df: pd.DataFrame,
     figures: Sequence[FigureResult],
+    layout: Layout | None = None,
 ) -> list[Section]:
-    """One :class:`Section` per task group (one without heading when there is one group)."""
+    """One :class:`Section` per task group (one without heading when there is one group).
+
+    ``layout``: the report's (derived from the tables when not given)."""
+    layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     groups = split_by_task(collected.runs, cells_df, stable_df)
     if len(groups) <= 1:
+        own = layout.within(cells_df)
         metric = groups[0][0].metric if groups else BPC
         success = bool(groups and groups[0][0].has_success)
         return [
             Section(
                 None,
                 [],
-                _constant_settings(cells_df),
-                stable_table(stable_df),
-                cells_table(cells_df, metric),
+                _constant_settings(cells_df, own),
+                stable_table(stable_df, own),
+                cells_table(cells_df, metric, own),
                 cells_note(metric, success),
                 list(figures),
                 LengthPart.of(collected.runs, cells_df),
@@ -177,6 +183,7 @@ def sections(
         ]
     out = []
     for group, (runs_g, cells_g, stable_g) in groups:
+        own = layout.within(cells_g)
         with_runs = cells_g[cells_g["n"] > 0] if not cells_g.empty else cells_g
         n_completed, n_diverged = _counts(runs_g)
         counts = (
@@ -188,10 +195,10 @@ def sections(
         out.append(
             Section(
                 group,
-                [counts, *task_sentences(runs_g, cells_g, stable_g, group)],
-                _constant_settings(cells_g),
-                stable_table(stable_g),
-                cells_table(cells_g, group.metric),
+                [counts, *task_sentences(runs_g, cells_g, stable_g, group, own)],
+                _constant_settings(cells_g, own),
+                stable_table(stable_g, own),
+                cells_table(cells_g, group.metric, own),
                 cells_note(group.metric, group.has_success),
                 [f for f in figures if f.task is not None and f.task.slug == group.slug],
                 LengthPart.of(runs_g, cells_g),
@@ -245,10 +252,12 @@ def render_markdown(
     stable_df: pd.DataFrame,
     figures: Sequence[FigureResult],
     title: str,
+    layout: Layout | None = None,
 ) -> str:
+    layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     lines = [f"# {printable(title)}", "", f"Runs directory: {md_code(collected.runs_dir)}", ""]
-    lines += [f"- {s}" for s in headline(collected, cells_df, stable_df)]
-    for sec in sections(collected, cells_df, stable_df, figures):
+    lines += [f"- {s}" for s in headline(collected, cells_df, stable_df, layout)]
+    for sec in sections(collected, cells_df, stable_df, figures, layout):
         lines += _md_section(sec)
     inc, cor = _problem_items(collected)
     lines += ["## Incomplete run directories", ""]
@@ -321,7 +330,9 @@ def render_html(
     stable_df: pd.DataFrame,
     figures: Sequence[FigureResult],
     title: str,
+    layout: Layout | None = None,
 ) -> str:
+    layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     e = html.escape
 
     def p(text: object) -> str:  # run-directory names and messages: one printable line
@@ -335,10 +346,10 @@ def render_html(
         f"<h1>{e(title)}</h1>",
         f'<p class="meta">Runs directory: <code>{p(collected.runs_dir)}</code></p>',
         '<ul class="summary">'
-        + "".join(f"<li>{e(s)}</li>" for s in headline(collected, cells_df, stable_df))
+        + "".join(f"<li>{e(s)}</li>" for s in headline(collected, cells_df, stable_df, layout))
         + "</ul>",
     ]
-    for sec in sections(collected, cells_df, stable_df, figures):
+    for sec in sections(collected, cells_df, stable_df, figures, layout):
         parts += _html_section(sec)
     inc, cor = _problem_items(collected)
     parts.append("<h2>Incomplete run directories</h2>")
@@ -377,11 +388,14 @@ def write_documents(
     figures: Sequence[FigureResult],
     out_dir: str | os.PathLike[str],
     title: str = "seqbench report",
+    layout: Layout | None = None,
 ) -> dict[str, Path]:
     """Write runs.csv, cells.csv, lr_summary.csv, report.md and report.html into ``out_dir``.
 
     A ``stable_lr.csv`` left by a report of before lr_summary.csv is removed, so a
-    re-rendered directory never shows the old table beside the new one."""
+    re-rendered directory never shows the old table beside the new one. ``layout``: the
+    report's (derived from the tables when not given)."""
+    layout = layout if layout is not None else Layout.of(runs_df, cells_df)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -407,7 +421,9 @@ def write_documents(
             paths[name] = path
             _atomic_write(path, _csv(table))
     _atomic_write(
-        paths["report_md"], render_markdown(collected, cells_df, stable_df, figures, title)
+        paths["report_md"],
+        render_markdown(collected, cells_df, stable_df, figures, title, layout),
     )
-    _atomic_write(paths["report_html"], render_html(collected, cells_df, stable_df, figures, title))
+    _atomic_write(paths["report_html"],
+                  render_html(collected, cells_df, stable_df, figures, title, layout))
     return paths

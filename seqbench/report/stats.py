@@ -310,7 +310,8 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
     the writer recorded one, else the first non-finite step, else ``steps_completed``
     (exploded runs). ``n_success`` of ``n_success_trials`` runs met the task's success
     criterion (see :func:`_success_columns`), with ``success_rate`` and its Wilson
-    interval; all missing for tasks without a criterion.
+    interval; all missing for tasks without a criterion. A ``cell`` column in
+    ``runs_df`` (:func:`seqbench.report.layout.enrich`) is taken as the cell ids.
 
     Outcomes (``seqbench.outcome``): ``n_trained`` runs ended better than the task's
     input-independent baseline, ``n_no_progress`` completed no better than it, and
@@ -331,7 +332,8 @@ def cells(runs_df: pd.DataFrame) -> pd.DataFrame:
 
     df = with_metric(runs_df)
     df["threshold"] = threshold(df)
-    df["cell"] = cell_index(df)
+    if "cell" not in df.columns:  # else numbered already (layout.enrich), over the whole table
+        df["cell"] = cell_index(df)
     status = df["status"].astype(object)
     verdict = status.isin(_VERDICT)
     diverged = status == "diverged"

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from seqbench.report import _format as fmt
-from seqbench.report.lr_summary import LR_COLUMNS
-from seqbench.report.stats import STAT_COLUMNS, varying_within
+from seqbench.report.layout import COORDS, Layout, config_cols, distinguishing
 from seqbench.report.task_groups import BPC, MetricInfo, metric_of
 
 
@@ -65,29 +64,16 @@ def row_key(rec: dict, cols: Sequence[str]) -> tuple:
     return tuple(None if fmt.is_missing(rec.get(c)) else rec.get(c) for c in cols)
 
 
-_LSL_STATS = LR_COLUMNS
-COORDS = ("optim.name", "clip.method", "threshold", "optim.lr")
+def _facets(table: pd.DataFrame, layout: Layout | None) -> list[str]:
+    return list(layout.facets) if layout is not None else distinguishing(table)
 
 
-def config_cols(df: pd.DataFrame) -> list[str]:
-    skip = set(STAT_COLUMNS) | set(_LSL_STATS) | {"cell", "clip.max_norm", "clip.clip_value"}
-    return [c for c in df.columns if c not in skip]
-
-
-def distinguishing(df: pd.DataFrame) -> list[str]:
-    """Config columns beyond the usual coordinates that tell rows apart: those that take
-    several values for one optimizer and clip setting, whatever the lr (SGD with and
-    without momentum over learning-rate grids that do not overlap is still two things,
-    and a row must say which)."""
-    cols = [c for c in config_cols(df) if c not in COORDS]
-    return varying_within(df, [c for c in COORDS if c != "optim.lr"], cols)
-
-
-def _constant_settings(cells_df: pd.DataFrame) -> list[tuple[str, str]]:
+def _constant_settings(cells_df: pd.DataFrame,
+                       layout: Layout | None = None) -> list[tuple[str, str]]:
     """Config keys with one value wherever they are set ("where set" if some cells lack them)."""
     if cells_df.empty:
         return []
-    skip = set(distinguishing(cells_df)) | set(COORDS)
+    skip = set(_facets(cells_df, layout)) | set(COORDS)
     out = []
     for c in config_cols(cells_df):
         if c in skip:
@@ -119,11 +105,11 @@ def _setting_columns(r: dict, extra: list[str], *, with_lr: bool) -> dict[str, s
 SENSITIVITY_HEADER = "LR sensitivity [95% CI]"
 
 
-def stable_table(stable_df: pd.DataFrame) -> pd.DataFrame:
+def stable_table(stable_df: pd.DataFrame, layout: Layout | None = None) -> pd.DataFrame:
     """The learning-rate summary as display strings (constant columns left out)."""
     if stable_df.empty:
         return pd.DataFrame()
-    extra = distinguishing(stable_df)
+    extra = _facets(stable_df, layout)
     rows = []
     for r in stable_df.to_dict("records"):
         row = _setting_columns(r, extra, with_lr=False)
@@ -147,7 +133,8 @@ def quality_header(metric: MetricInfo) -> str:
 SUCCESS_HEADER = "success k/n (rate [95% CI])"
 
 
-def cells_table(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> pd.DataFrame:
+def cells_table(cells_df: pd.DataFrame, metric: MetricInfo | None = None,
+                layout: Layout | None = None) -> pd.DataFrame:
     """The cells table of one task group as display strings; n is shown in every row.
 
     The quality column is named after the metric (``metric`` defaults to the one metric
@@ -157,7 +144,7 @@ def cells_table(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> pd.
     if cells_df.empty:
         return pd.DataFrame()
     metric = metric or metric_of(cells_df)
-    extra = distinguishing(cells_df)
+    extra = _facets(cells_df, layout)
     show_incomplete = bool((cells_df["n_incomplete"] > 0).any())
     show_success = (
         "n_success_trials" in cells_df and bool(cells_df["n_success_trials"].notna().any())

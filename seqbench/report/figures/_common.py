@@ -20,7 +20,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from seqbench.report import _format as fmt
-from seqbench.report.stats import CLIP_METHOD_ORDER, STAT_COLUMNS, varying_within
+from seqbench.report.layout import distinguishing
+from seqbench.report.stats import CLIP_METHOD_ORDER
 from seqbench.report.task_groups import MetricInfo, TaskGroup, metric_of
 from seqbench.rundir import atomic_write_bytes
 
@@ -112,24 +113,16 @@ def clip_palette(methods: Sequence[str]) -> dict[str, tuple[float, float, float]
     return out
 
 
-def _config_key_columns(cells_df: pd.DataFrame) -> list[str]:
-    return [c for c in cells_df.columns if c not in STAT_COLUMNS and c != "cell"]
-
-
 def facet_columns(cells_df: pd.DataFrame) -> list[str]:
     """Config columns that vary among cells with the same optimizer, method and threshold.
 
     Those must become part of a panel's identity, or two cells would share one heatmap
     square (e.g. a sweep over model sizes), or one line would join configurations that
     differ (SGD with and without momentum, each over its own learning-rate grid: the
-    grids need not overlap for the two to be different experiments).
+    grids need not overlap for the two to be different experiments). The same keys a
+    table shows as columns of their own (:func:`seqbench.report.layout.distinguishing`).
     """
-    coords = ["optim.name", "clip.method", "threshold"]
-    extra = [
-        c for c in _config_key_columns(cells_df)
-        if c not in ("clip.max_norm", "clip.clip_value", "optim.lr")
-    ]
-    return varying_within(cells_df, coords, extra)
+    return distinguishing(cells_df)
 
 
 def select_curve_cells(
@@ -137,6 +130,7 @@ def select_curve_cells(
     stable_df: pd.DataFrame,
     max_configs: int = MAX_CURVE_CONFIGS,
     metric: MetricInfo | None = None,
+    facets: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Pick a legible subset of cells for the loss-curve figure.
 
@@ -144,7 +138,8 @@ def select_curve_cells(
     (where clipping makes a difference), or the smallest lr tried if none was; then
     every clip setting at that lr, unclipped first, the most stable and best ones next
     ("best" in ``metric``'s direction), at most ``max_configs``. Returns the chosen cells
-    rows with a ``label`` column.
+    rows with a ``label`` column. ``facets``: :func:`facet_columns` of ``cells_df``, if
+    known.
     """
     if cells_df.empty or "optim.lr" not in cells_df.columns:
         return cells_df.iloc[0:0].assign(label=pd.Series(dtype=object))
@@ -180,7 +175,7 @@ def select_curve_cells(
     if not chosen:
         return cells_df.iloc[0:0].assign(label=pd.Series(dtype=object))
     out = pd.concat(chosen)
-    facets = facet_columns(cells_df)
+    facets = facet_columns(cells_df) if facets is None else facets
     labels = []
     for rec in out.to_dict("records"):
         label = (

@@ -42,11 +42,11 @@ def _panel_title(key: tuple, cols: Sequence[str]) -> str:
     return " · ".join(parts)
 
 
-def heatmap_panels(cells_df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def heatmap_panels(cells_df: pd.DataFrame,
+                   facets: Sequence[str] | None = None) -> list[tuple[str, pd.DataFrame]]:
     """Split a cells table into heatmap panels: one per (optimizer, clip method, facets)."""
-    cols = [c for c in ("optim.name", "clip.method") if c in cells_df.columns] + facet_columns(
-        cells_df
-    )
+    facets = facet_columns(cells_df) if facets is None else facets
+    cols = [c for c in ("optim.name", "clip.method") if c in cells_df.columns] + list(facets)
     if cells_df.empty:
         return []
     if not cols:
@@ -111,8 +111,9 @@ def _heatmap(
     cbar_label: str,
     cmap: str,
     norm: Normalize,
+    facets: Sequence[str] | None = None,
 ) -> tuple[Figure, pd.DataFrame, int]:
-    panels = heatmap_panels(cells_df)
+    panels = heatmap_panels(cells_df, facets)
     if not panels:
         raise FigureSkipped("no configuration has any run")
     if "optim.lr" not in cells_df.columns:

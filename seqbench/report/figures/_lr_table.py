@@ -85,8 +85,7 @@ def _num_col(df: pd.DataFrame, col: str) -> pd.Series:
 
 def config_facets(cells_df: pd.DataFrame) -> list[str]:
     """Config keys beyond (optimizer, clip setting, lr) that vary: a row of panels each."""
-    keys = facet_columns(cells_df)  # statistics (stats.STAT_COLUMNS) are never facets
-    return [c for c in keys if c != "optim.name"]
+    return facet_columns(cells_df)  # the optimizer is a coordinate, never a facet
 
 
 def figure_table(cells_df: pd.DataFrame, facets: list[str]) -> pd.DataFrame:

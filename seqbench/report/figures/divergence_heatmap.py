@@ -7,6 +7,8 @@ of runs behind each rate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 from matplotlib.colors import Normalize
 
@@ -16,8 +18,8 @@ from seqbench.report.figures._heatmap import _heatmap
 from seqbench.report.figures.registry import FigureInput, register
 
 
-def divergence_heatmap(cells_df: pd.DataFrame) -> Plot:
-    """Divergence rate per (threshold, lr), one panel per optimizer and clip method."""
+def divergence_heatmap(cells_df: pd.DataFrame, facets: Sequence[str] | None = None) -> Plot:
+    """Divergence rate per (threshold, lr), one panel per optimizer, clip method and facet."""
 
     def annotate(rec: dict) -> str:
         n = int(rec["n"])
@@ -33,6 +35,7 @@ def divergence_heatmap(cells_df: pd.DataFrame) -> Plot:
         cbar_label="divergence rate (fraction of seeds)",
         cmap="rocket_r",
         norm=Normalize(vmin=0.0, vmax=1.0),
+        facets=facets,
     )
     caption = (
         "Fraction of seeds that diverged (non-finite loss or gradient, or an exploded loss) "
@@ -45,4 +48,4 @@ def divergence_heatmap(cells_df: pd.DataFrame) -> Plot:
 
 @register("divergence_heatmap", title="Divergence rate")
 def build(inp: FigureInput) -> Plot:
-    return divergence_heatmap(inp.cells_df)
+    return divergence_heatmap(inp.cells_df, inp.layout.facets)

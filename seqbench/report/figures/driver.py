@@ -16,6 +16,7 @@ from seqbench.report.figures._common import (
     _save,
 )
 from seqbench.report.figures.registry import FigureInput, figure_name
+from seqbench.report.layout import Layout
 from seqbench.report.stats import cell_index
 from seqbench.report.task_groups import BPC, TaskGroup, split_by_task
 
@@ -32,6 +33,7 @@ def make_figures(
     stable_df: pd.DataFrame,
     runs_dir: str | os.PathLike[str],
     fig_dir: str | os.PathLike[str],
+    layout: Layout | None = None,
 ) -> list[FigureResult]:
     """Draw every figure into ``fig_dir``; a figure that cannot be drawn becomes a note.
 
@@ -39,12 +41,16 @@ def make_figures(
     figures per task group (task and metric) when the runs hold several, named
     ``<name>-<task>`` and titled with the task; otherwise one set named by kind.
     A report figure left in ``fig_dir`` by an earlier render that this one did not
-    write is removed, so a directory never shows a stale figure.
+    write is removed, so a directory never shows a stale figure. ``runs_df`` may carry
+    its ``cell`` column already (:func:`seqbench.report.layout.enrich`); ``layout`` is the
+    report's (derived from the tables when not given).
     """
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     # number cells over the whole table, as cells() did, before splitting it by task
-    runs_df = runs_df.assign(cell=cell_index(runs_df))
+    if "cell" not in runs_df.columns:
+        runs_df = runs_df.assign(cell=cell_index(runs_df))
+    layout = layout if layout is not None else Layout.of(runs_df, cells_df)
     groups = split_by_task(runs_df, cells_df, stable_df)
     if not groups:  # nothing readable: one set of notes, named as for text runs
         empty = [runs_df, cells_df, stable_df]
@@ -53,7 +59,8 @@ def make_figures(
     results: list[FigureResult] = []
     for group, (runs_g, cells_g, stable_g) in groups:
         metric = group.metric
-        inp = FigureInput(runs_g, cells_g, stable_g, runs_dir, metric, group)
+        inp = FigureInput(runs_g, cells_g, stable_g, runs_dir, metric, group,
+                          layout.within(cells_g))
         for spec in registry.specs():
             kind = spec.kind
             name = figure_name(kind, group, multi)

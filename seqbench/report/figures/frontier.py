@@ -120,13 +120,15 @@ def _draw_strip(
         ax.spines[side].set_visible(False)
 
 
-def frontier(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
+def frontier(cells_df: pd.DataFrame, metric: MetricInfo | None = None,
+             facets: Sequence[str] | None = None) -> Plot:
     """Divergence rate vs mean final metric, one point per cell.
 
     Configurations where every seed diverged have no final value; they are drawn as
     hollow markers in a strip above the plot (at their divergence rate, 1), one row per
     optimizer and clip setting naming the learning rates, so divergence stays visible.
-    ``metric`` defaults to the one metric of ``cells_df``.
+    ``metric`` defaults to the one metric of ``cells_df``, ``facets`` to its
+    :func:`facet_columns`.
     """
     metric = metric or metric_of(cells_df)
     col = "final_val_metric_mean"
@@ -154,7 +156,8 @@ def frontier(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
     optimizers = sorted(set(data["optimizer"]) | set(gone["optimizer"]))
     palette = clip_palette(methods)
     markers = _optimizer_markers(optimizers)
-    labels, rows = diverged_strip_rows(gone, facet_columns(cells_df))
+    labels, rows = diverged_strip_rows(
+        gone, facet_columns(cells_df) if facets is None else facets)
     y = data[col].to_numpy(dtype=float)
     log = _log_worthy(y)
     with _style():
@@ -230,4 +233,4 @@ def frontier(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
 
 @register("frontier", title="Stability–quality frontier")
 def build(inp: FigureInput) -> Plot:
-    return frontier(inp.cells_df, inp.metric)
+    return frontier(inp.cells_df, inp.metric, inp.layout.facets)

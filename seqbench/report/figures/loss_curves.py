@@ -175,6 +175,7 @@ def loss_curves(
     stable_df: pd.DataFrame,
     runs_dir: str | os.PathLike[str],
     metric: MetricInfo | None = None,
+    facets: Sequence[str] | None = None,
 ) -> Plot:
     """Training loss and a validation curve vs step for a legible subset of configurations.
 
@@ -182,7 +183,7 @@ def loss_curves(
     units (see :func:`_curve_panels`).
     """
     metric = metric or metric_of(cells_df)
-    chosen = select_curve_cells(cells_df, stable_df, metric=metric)
+    chosen = select_curve_cells(cells_df, stable_df, metric=metric, facets=facets)
     if chosen.empty:
         raise FigureSkipped("no configuration has a run with a verdict")
     runs = runs_df[runs_df["status"].isin(TERMINAL)].copy()
@@ -299,4 +300,5 @@ def loss_curves(
 
 @register("loss_curves", title="Loss curves")
 def build(inp: FigureInput) -> Plot:
-    return loss_curves(inp.runs_df, inp.cells_df, inp.stable_df, inp.runs_dir, inp.metric)
+    return loss_curves(inp.runs_df, inp.cells_df, inp.stable_df, inp.runs_dir, inp.metric,
+                       inp.layout.facets)

@@ -87,19 +87,21 @@ class _Frame:
     metric: MetricInfo
 
 
-def lr_curves(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
+def lr_curves(cells_df: pd.DataFrame, metric: MetricInfo | None = None,
+              facets: Sequence[str] | None = None) -> Plot:
     """Final validation metric vs learning rate: one panel per optimizer, a line per clip setting.
 
     See the module docstring. ``metric`` defaults to the one metric of ``cells_df``;
     ``baseline_val_metric`` is optional (no dashed line without it, and the caption says
-    so). Raises :class:`FigureSkipped` without learning rates or runs with a verdict.
+    so). ``facets``: the layout's (:func:`config_facets` of ``cells_df`` when not given).
+    Raises :class:`FigureSkipped` without learning rates or runs with a verdict.
     """
     if cells_df.empty or "n" not in cells_df.columns:
         raise FigureSkipped("no configuration has any run")
     if "optim.lr" not in cells_df.columns:
         raise FigureSkipped("runs have no optim.lr in their config")
     metric = metric or metric_of(cells_df)
-    facets = config_facets(cells_df)
+    facets = config_facets(cells_df) if facets is None else list(facets)
     df = figure_table(cells_df, facets)
     styles, order = line_styles(df)
     grid = panel_grid(df)
@@ -321,4 +323,4 @@ def _legend(fig: Figure, fr: _Frame, used: list[str], base_label: str) -> None:
 
 @register("lr_curves", title=lambda metric: f"Final validation {metric.long} vs learning rate")
 def build(inp: FigureInput) -> Plot:
-    return lr_curves(inp.cells_df, inp.metric)
+    return lr_curves(inp.cells_df, inp.metric, inp.layout.facets)

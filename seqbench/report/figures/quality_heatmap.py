@@ -9,6 +9,8 @@ direction is better - logarithmic when positive values span :data:`LOG_SPAN` or 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, Normalize
@@ -36,7 +38,8 @@ def quality_cmap(metric: MetricInfo) -> str:
     return "mako_r" if metric.lower_is_better else "mako"
 
 
-def metric_heatmap(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> Plot:
+def metric_heatmap(cells_df: pd.DataFrame, metric: MetricInfo | None = None,
+                   facets: Sequence[str] | None = None) -> Plot:
     """Mean final validation metric over finished seeds; blank where nothing finished.
 
     ``metric`` defaults to the one metric of ``cells_df``; a table that mixes metrics
@@ -66,6 +69,7 @@ def metric_heatmap(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> 
         cbar_label=metric.axis(note=log),
         cmap=quality_cmap(metric),
         norm=norm,
+        facets=facets,
     )
     caption = (
         f"Mean final validation {metric.long} ({metric.unit}; {metric.direction}; lighter "
@@ -82,4 +86,4 @@ def metric_heatmap(cells_df: pd.DataFrame, metric: MetricInfo | None = None) -> 
     file="{metric}_heatmap",
 )
 def build(inp: FigureInput) -> Plot:
-    return metric_heatmap(inp.cells_df, inp.metric)
+    return metric_heatmap(inp.cells_df, inp.metric, inp.layout.facets)

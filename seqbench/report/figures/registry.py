@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from seqbench.report.figures._common import Plot
+from seqbench.report.layout import Layout
 from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup
 
 #: The placeholder of a file name that stands for the task metric's name.
@@ -39,7 +40,8 @@ class FigureInput:
     """What every figure builder gets: one task group's tables and where its runs are.
 
     ``runs_df`` carries a ``cell`` column numbered over the whole runs table (so its
-    rows match ``cells_df``'s cells); ``metric`` is ``group.metric``.
+    rows match ``cells_df``'s cells); ``metric`` is ``group.metric``; ``layout`` is the
+    report's for this group's cells (derived from them when not given).
     """
 
     runs_df: pd.DataFrame
@@ -48,6 +50,11 @@ class FigureInput:
     runs_dir: str | os.PathLike[str]
     metric: MetricInfo
     group: TaskGroup
+    layout: Layout = None  # type: ignore[assignment]  # filled in by __post_init__
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            object.__setattr__(self, "layout", Layout.of(self.runs_df, self.cells_df))
 
 
 @dataclass(frozen=True)

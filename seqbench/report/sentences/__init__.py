@@ -11,17 +11,11 @@ import pandas as pd
 
 from seqbench.report import _format as fmt
 from seqbench.report.collect import CollectResult
+from seqbench.report.layout import Layout
 from seqbench.report.sentences import verdicts
-from seqbench.report.stats import varying_within, wilson_interval
-from seqbench.report.tables import COORDS, config_cols, distinguishing, row_key
+from seqbench.report.stats import wilson_interval
+from seqbench.report.tables import row_key
 from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup, metric_of, split_by_task
-
-
-def _context_cols(stable_df: pd.DataFrame) -> list[str]:
-    """Columns that separate comparisons: the optimizer and any swept non-clip setting."""
-    cols = [c for c in config_cols(stable_df) if c not in COORDS and not c.startswith("clip.")]
-    lead = ["optim.name"] if "optim.name" in stable_df.columns else []
-    return lead + varying_within(stable_df, lead, cols)
 
 
 def context_name(rec: dict, cols: Sequence[str]) -> str:
@@ -67,7 +61,8 @@ def _ci_words(mean: object, lo: object, hi: object) -> str:
     return text
 
 
-def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricInfo = BPC) -> str:
+def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricInfo = BPC,
+                      layout: Layout | None = None) -> str:
     """The best mean final metric (lowest or highest, as the metric says) and where."""
     label = metric.label
     col = "final_val_metric_mean"
@@ -90,7 +85,7 @@ def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricIn
     word = "lowest" if metric.lower_is_better else "highest"
     return (
         f"The {word} mean final validation {label} was {text}, with "
-        f"{_setting_phrase(rec, distinguishing(cells_df))} "
+        f"{_setting_phrase(rec, _layout(cells_df, layout).facets)} "
         f"({int(rec['n_finished'])} of {int(rec['n'])} seeds finished{caveat})."
     )
 
@@ -99,7 +94,12 @@ def _task_name(group: TaskGroup | None) -> str:
     return "The task" if group is None or group.task is None else f"Task {group.task}"
 
 
-def _success_sentence(cells_df: pd.DataFrame, group: TaskGroup | None) -> str | None:
+def _layout(cells_df: pd.DataFrame, layout: Layout | None) -> Layout:
+    return layout if layout is not None else Layout.of(None, cells_df)
+
+
+def _success_sentence(cells_df: pd.DataFrame, group: TaskGroup | None,
+                      layout: Layout | None = None) -> str | None:
     """How often the task's success criterion was met: the best configuration and overall."""
     if cells_df.empty or "n_success_trials" not in cells_df:
         return None
@@ -146,7 +146,7 @@ def _success_sentence(cells_df: pd.DataFrame, group: TaskGroup | None) -> str | 
     )
     return (
         f"{name} met its success criterion in {k} of {n} runs with "
-        f"{_setting_phrase(rec, distinguishing(cells_df))} (95% Wilson interval "
+        f"{_setting_phrase(rec, _layout(cells_df, layout).facets)} (95% Wilson interval "
         f"{lo:.2f}–{hi:.2f}), the highest success rate{ties}; {overall} "
         "(diverged runs count as not met)."
     )
@@ -170,8 +170,12 @@ def task_sentences(
     cells_df: pd.DataFrame,
     stable_df: pd.DataFrame,
     group: TaskGroup | None = None,
+    layout: Layout | None = None,
 ) -> list[str]:
-    """What one task group's runs found: stability, divergence kinds, quality, success."""
+    """What one task group's runs found: stability, divergence kinds, quality, success.
+
+    ``layout``: the report's for these cells (derived from them when not given)."""
+    layout = _layout(cells_df, layout)
     out: list[str] = []
     metric = group.metric if group is not None else metric_of(cells_df)
     n_completed, n_diverged = _counts(runs)
@@ -182,7 +186,7 @@ def task_sentences(
     if counts:
         out.append(counts)
     if not stable_df.empty and "clip.method" in stable_df.columns:
-        ctx_cols = _context_cols(stable_df)
+        ctx_cols = list(layout.context)
         contexts: dict[tuple, list[dict]] = {}
         for r in stable_df.to_dict("records"):
             contexts.setdefault(row_key(r, ctx_cols), []).append(r)
@@ -192,7 +196,7 @@ def task_sentences(
             name = context_name(recs[0], ctx_cols)
             said = any("LR sensitivity is the mean excess" in s for s in out)
             out += verdicts.context_sentences(name, recs, ctx_cells, metric, define=not said)
-    dead = verdicts.not_learned(cells_rec, distinguishing(cells_df), _setting_phrase, metric)
+    dead = verdicts.not_learned(cells_rec, layout.facets, _setting_phrase, metric)
     if dead:
         out.append(dead)
     if n_diverged:
@@ -202,15 +206,16 @@ def task_sentences(
             f"Of the {n_diverged} diverged runs, {n_nf} hit a non-finite loss or gradient "
             f"and {n_ex} exploded."
         )
-    out.append(_quality_sentence(cells_df, n_completed, metric))
-    success = _success_sentence(cells_df, group)
+    out.append(_quality_sentence(cells_df, n_completed, metric, layout))
+    success = _success_sentence(cells_df, group, layout)
     if success:
         out.append(success)
     return out
 
 
 def headline(
-    collected: CollectResult, cells_df: pd.DataFrame, stable_df: pd.DataFrame
+    collected: CollectResult, cells_df: pd.DataFrame, stable_df: pd.DataFrame,
+    layout: Layout | None = None,
 ) -> list[str]:
     """A few sentences that state what the sweep found, each with its counts.
 
@@ -241,7 +246,8 @@ def headline(
         )
     else:
         group = groups[0][0] if groups else None
-        out += task_sentences(runs, cells_df, stable_df, group)
+        out += task_sentences(runs, cells_df, stable_df, group,
+                              layout.within(cells_df) if layout is not None else None)
 
     if not with_runs.empty:
         n_typ = int(with_runs["n"].mode().iloc[0])
