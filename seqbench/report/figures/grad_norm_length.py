@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from seqbench.report import _format as fmt
 from seqbench.report.figures._common import FigureNotApplicable, Plot, _obj, _style
@@ -56,6 +56,7 @@ def grad_norm_length(runs_df: pd.DataFrame, cells_df: pd.DataFrame) -> Plot:
             lengths = sorted(sub[LENGTH].unique())
             ax.set_xticks(lengths, [f"{x:,.0f}" for x in lengths])
             ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(title)
