@@ -71,17 +71,18 @@ def _write(d: Path, config: dict, status: str, final, metric: dict, base: float,
                    d / "metrics.parquet")
 
 
-def write_runs(runs: Path, synthetic: bool = True) -> None:
+def write_runs(runs: Path, synthetic: bool = True, text: dict = TEXT,
+               cell: str = "lstm") -> None:
     bpc = {"name": "bpc", "unit": "bits/char", "lower_is_better": True}
-    for (method, lr), by_len in TEXT.items():
+    for (method, lr), by_len in text.items():
         for length, finals in by_len.items():
             for seed, final in enumerate(finals):
                 config = {"task.name": "tinyshakespeare", "task.seq_len": length,
-                          "task.batch_size": 4096 // length, "model.cell": "lstm",
+                          "task.batch_size": 4096 // length, "model.cell": cell,
                           "optim.name": "sgd", "optim.lr": lr, "clip.method": method,
                           "clip.max_norm": 1.0 if method == "norm" else None, "seed": seed}
                 # spikes grow with length: p99 = median x (length / 16)
-                _write(runs / f"t-{method}-{lr}-{length}-{seed}", config,
+                _write(runs / f"t-{cell}-{method}-{lr}-{length}-{seed}", config,
                        "diverged" if final is None else "completed", final, bpc, BASELINE,
                        gn=(1.0, length / 16, length / 4))
     if not synthetic:
@@ -223,3 +224,20 @@ def test_learned_then_collapsed_is_named_and_drawn(tmp_path):
     row = plot.data[(plot.data["length"] == 100) & (plot.data["seed"] == 0)
                     & plot.data["row"].str.startswith("SGD · no clipping")]
     assert row["val_metric"].tolist() == [0.1, 0.7]  # the drop and the climb back
+
+
+def test_counts_come_from_the_sentence_s_own_model(tmp_path):
+    """Two models in one sweep: the counts a clip-gain sentence quotes for the unclipped
+    run are that model's, never the other model's cell at the same lr and length."""
+    runs = tmp_path / "runs"
+    write_runs(runs, synthetic=False)
+    rnn = {k: dict(v) for k, v in TEXT.items()}
+    rnn[("none", 4.0)] = {32: [None, 5.0], 128: [None, None], 512: [None, None],
+                          2048: [None, None]}
+    write_runs(runs, synthetic=False, text=rnn, cell="rnn_tanh")
+    make_report(runs, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("SGD on the tanh RNN at lr 4: without clipping not every seed trained even at "
+            "BPTT 32 (0/2 seeds trained there, 1 diverged)" in md)
+    assert ("SGD on the LSTM at lr 4: without clipping every seed trained up to BPTT 128 "
+            "and not at 512 (1/2 seeds trained there, 1 diverged)" in md)

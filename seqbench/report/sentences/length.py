@@ -190,7 +190,7 @@ def length_sentences(summary_df: pd.DataFrame, cells_df: pd.DataFrame,
         first = ctx.iloc[0].to_dict()
         cname = _context_name(first, ctx_cols)
         out += _edge_sentences(cname, ctx, per, scols, word, crit)
-        out += _clip_gain_sentences(cname, ctx, per, word, crit)
+        out += _clip_gain_sentences(cname, ctx, per, word, crit, ctx_cols)
         out += _spike_sentences(cname, first, ctx_cols, grad_df, word)
     if runs_df is not None:
         out += _collapse_sentences(runs_df, cells_df, word)
@@ -302,7 +302,7 @@ def _edge_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame, scols: lis
 
 
 def _clip_gain_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame,
-                         word: str, crit: _Criterion) -> list[str]:
+                         word: str, crit: _Criterion, ctx_cols: list[str]) -> list[str]:
     """Where clipping kept training to a longer length than no clipping at the same lr."""
     if "clip.method" not in ctx.columns:
         return []
@@ -337,7 +337,8 @@ def _clip_gain_sentences(cname: str, ctx: pd.DataFrame, per: pd.DataFrame,
                        & np.isclose(pd.to_numeric(per["optim.lr"], errors="coerce"),
                                     float(best["optim.lr"]))
                        & (per[LENGTH] == fail)]
-            cell = cell[_match(cell, b, [c for c in _context_cols(ctx) if c in cell.columns])]
+            # the context columns of the whole table: within one context none varies
+            cell = cell[_match(cell, b, [c for c in ctx_cols if c in cell.columns])]
         counts = ""
         if len(cell):
             x = cell.iloc[0]
