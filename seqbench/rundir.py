@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -329,3 +330,62 @@ def unwritable(path: Path | str) -> str | None:
             reason = "this file system does not allow new directories"
         return f"cannot create a directory in {here} ({reason})"
     return None
+
+
+# ---- a task's quality measure -----------------------------------------------------------
+#: Display names of metrics (``mse`` -> ``MSE``); others print with spaces for ``_``.
+METRIC_NAMES = {"bpc": "bpc", "mse": "MSE", "rmse": "RMSE", "mae": "MAE", "nll": "NLL",
+                "error_rate": "error rate", "accuracy": "accuracy", "ppl": "perplexity",
+                "perplexity": "perplexity"}
+METRIC_LONG = {"bpc": "bits per character", "mse": "mean squared error"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task's quality measure: what a task reports (summary.json's ``metric`` block) and
+    how a report names and orders it. One description for both sides, so the trainer
+    and the report can never disagree about a metric's unit or direction."""
+
+    name: str  # e.g. "bpc", "error_rate", "mse"
+    unit: str  # e.g. "bits/char"
+    lower_is_better: bool = True
+
+    @property
+    def label(self) -> str:
+        """``MSE``, ``error rate``, ``bpc``."""
+        return METRIC_NAMES.get(self.name.lower(), self.name.replace("_", " "))
+
+    @property
+    def long(self) -> str:
+        """``bits per character`` for bpc, else the label (for titles)."""
+        return METRIC_LONG.get(self.name.lower(), self.label)
+
+    @property
+    def is_text(self) -> bool:
+        """bpc: the loss is cross-entropy in nats per character."""
+        return self.name == "bpc"
+
+    @property
+    def direction(self) -> str:
+        return "lower is better" if self.lower_is_better else "higher is better"
+
+    def axis(self, prefix: str = "final validation", suffix: str = "", note: str = "",
+             wrap: bool = False) -> str:
+        """Axis or colour-bar label: ``final validation MSE (squared target units; lower is
+        better)``; ``note`` joins the parenthesis, ``wrap`` puts it on a line of its own."""
+        bits = [b for b in (self.unit, self.direction, note) if b]
+        sep = "\n" if wrap else " "
+        return f"{prefix} {self.label}{suffix}{sep}({'; '.join(bits)})".strip()
+
+    def score(self, values: Any) -> Any:
+        """Values mapped so that smaller is better and missing is worst (for sorting)."""
+        import numpy as np
+        import pandas as pd
+
+        v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+        v = v if self.lower_is_better else -v
+        return np.where(np.isnan(v), np.inf, v)
+
+
+#: The metric of text runs, and of every run directory written before metrics had names.
+BPC = Metric("bpc", "bits/char", True)

@@ -24,20 +24,14 @@ from seqbench.data.vocab import ByteVocab, CharVocab, token_counts
 from seqbench.errors import ConfigError
 from seqbench.models import CharRNN, detach
 from seqbench.registry import Registry
+from seqbench.rundir import BPC, Metric
 
 TASKS: Registry = Registry("task", "task.name")
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """A task's quality measure, as the report names and orders it."""
-
-    name: str  # e.g. "bpc", "error_rate", "mse"
-    unit: str  # e.g. "bits/char"
-    lower_is_better: bool = True
-
-
-BPC = MetricSpec("bpc", "bits/char")
+#: A task's quality measure (the plugin API's name for ``seqbench.rundir.Metric``, the one
+#: description the trainer writes and the report reads).
+MetricSpec = Metric
 
 
 class Task(Protocol):

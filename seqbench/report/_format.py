@@ -11,6 +11,8 @@ from numbers import Integral, Real
 
 import pandas as pd
 
+from seqbench.rundir import Metric
+
 MISSING = "—"
 
 _OPTIMIZER_NAMES = {
@@ -140,33 +142,18 @@ _CLIP_NAMES = {"autoclip": "AutoClip", "agc": "adaptive gradient clipping (AGC)"
                "graves": "Graves' per-group clipping"}
 
 
-_METRIC_NAMES = {
-    "bpc": "bpc",
-    "mse": "MSE",
-    "rmse": "RMSE",
-    "mae": "MAE",
-    "nll": "NLL",
-    "error_rate": "error rate",
-    "accuracy": "accuracy",
-    "ppl": "perplexity",
-    "perplexity": "perplexity",
-}
-_METRIC_LONG = {"bpc": "bits per character", "mse": "mean squared error"}
-
-
 def metric(name: object) -> str:
     """Display name of a task's metric (``mse`` -> ``MSE``, ``error_rate`` -> ``error rate``)."""
     if is_missing(name):
         return MISSING
-    key = str(name)
-    return _METRIC_NAMES.get(key.lower(), key.replace("_", " "))
+    return Metric(str(name), "").label
 
 
 def metric_long(name: object) -> str:
     """The metric spelled out for titles (``bpc`` -> ``bits per character``)."""
     if is_missing(name):
         return MISSING
-    return _METRIC_LONG.get(str(name).lower(), metric(name))
+    return Metric(str(name), "").long
 
 
 def short(x: object) -> str:

@@ -20,57 +20,15 @@ import numpy as np
 import pandas as pd
 
 from seqbench.report import _format as fmt
+from seqbench.rundir import BPC, Metric
 
 #: Columns of a runs or cells table that say which metric a row's quality is in.
 METRIC_COLUMNS: tuple[str, ...] = ("metric", "metric_unit", "metric_lower_is_better")
 TASK_COLUMN = "task.name"
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    """A task's quality measure as a report names and orders it."""
-
-    name: str
-    unit: str
-    lower_is_better: bool = True
-
-    @property
-    def label(self) -> str:
-        """``MSE``, ``error rate``, ``bpc``."""
-        return fmt.metric(self.name)
-
-    @property
-    def long(self) -> str:
-        """``bits per character`` for bpc, else the label (for titles)."""
-        return fmt.metric_long(self.name)
-
-    @property
-    def is_text(self) -> bool:
-        """bpc: the loss is cross-entropy in nats per character."""
-        return self.name == "bpc"
-
-    @property
-    def direction(self) -> str:
-        return "lower is better" if self.lower_is_better else "higher is better"
-
-    def axis(
-        self, prefix: str = "final validation", suffix: str = "", note: str = "", wrap: bool = False
-    ) -> str:
-        """Axis or colour-bar label: ``final validation MSE (squared target units; lower is
-        better)``; ``note`` joins the parenthesis, ``wrap`` puts it on a line of its own."""
-        bits = [b for b in (self.unit, self.direction, note) if b]
-        sep = "\n" if wrap else " "
-        return f"{prefix} {self.label}{suffix}{sep}({'; '.join(bits)})".strip()
-
-    def score(self, values: pd.Series | np.ndarray) -> np.ndarray:
-        """Values mapped so that smaller is better and missing is worst (for sorting)."""
-        v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
-        v = v if self.lower_is_better else -v
-        return np.where(np.isnan(v), np.inf, v)
-
-
-#: The metric of text runs, and of every run directory written before metrics had names.
-BPC = MetricInfo("bpc", "bits/char", True)
+#: The report's name for the contract's metric description (``seqbench.rundir.Metric``).
+MetricInfo = Metric
 
 
 def _slug(text: str) -> str:
