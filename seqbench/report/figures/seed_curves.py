@@ -44,7 +44,6 @@ def seed_curves(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir, metric)
     lengths = sorted(runs[LENGTH].dropna().unique())
     curves = load_curves(runs_dir, runs["run_dir"], ["val_metric"])
     curves = curves[curves["val_metric"].notna()]
-    base = pd.to_numeric(runs.get("baseline_val_metric"), errors="coerce").median()
     data = []
     with _style():
         fig = Figure(figsize=(3.0 * len(lengths) + 0.6, 1.9 * len(groups) + 1.0),
@@ -62,6 +61,9 @@ def seed_curves(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir, metric)
                     if r["status"] == "diverged":
                         ax.plot(c["step"].tail(1), c["val_metric"].tail(1), "kx")
                     data.append(c.assign(row=label, length=L, seed=r.get("seed")))
+                # each length has its own baseline (the validation sequences differ)
+                base = pd.to_numeric(sub.get("baseline_val_metric"), errors="coerce").median() \
+                    if not sub.empty else math.nan
                 if not math.isnan(base):
                     ax.axhline(base, color="grey", ls="--", lw=0.8)
                 if i == 0:
