@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqbench import precision
+
 
 def torch_threads(configured: int) -> int:
     """trainer.threads, where 0 means: the SLURM allocation's CPUs (cores of the job's
@@ -35,9 +37,8 @@ def _slurm_cpus() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`trainer.device` as a torch device (the rule is precision's, which validation uses)."""
+    return torch.device(precision.resolve_device(name))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

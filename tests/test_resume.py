@@ -163,6 +163,20 @@ def test_resume_never_starts_over(tmp_path):
     assert metrics(tmp_path)["step"].tolist() == list(range(1, 41))
 
 
+def _interrupt_and_edit_config(cfg, run: Path, step: int, edit):
+    """Stop a run with SIGTERM at `step`, then apply `edit` to its checkpoint's config (as
+    another version of seqbench would have written it); `edit`'s result is returned."""
+    trainer = Trainer(cfg, run)
+    stop_at(trainer, step, signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    data = load(run / CHECKPOINT_FILE)
+    out = edit(data["config"])
+    data.pop("version")
+    ckpt_save(run / CHECKPOINT_FILE, data)
+    return out
+
+
 def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path, caplog):
     """An upgrade adds an option switched off (here `optim.warmup_steps: 0`): a run that
     was interrupted before it must still resume at its checkpoint, as the sweep treats it
@@ -170,16 +184,10 @@ def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path, capl
     cfg = cfg_for("charlm")
     Trainer(cfg, tmp_path / "ref").run()
     run = tmp_path / "run"
-    trainer = Trainer(cfg, run)
-    stop_at(trainer, 23, signal.SIGTERM)
-    with pytest.raises(Interrupted):
-        trainer.run()
     # make it a run of the older version: neither its checkpoint nor its summary knows
     # the option
-    data = load(run / CHECKPOINT_FILE)
-    assert data["config"].pop("optim.warmup_steps") == 0
-    data.pop("version")
-    ckpt_save(run / CHECKPOINT_FILE, data)
+    dropped = _interrupt_and_edit_config(cfg, run, 23, lambda c: c.pop("optim.warmup_steps"))
+    assert dropped == 0
     s = summary(run)
     del s["config"]["optim.warmup_steps"]
     (run / "summary.json").write_text(json.dumps(s))
@@ -195,14 +203,7 @@ def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path, capl
 
     # a real difference is still refused (the checkpoint is not used)
     run2 = tmp_path / "other"
-    trainer = Trainer(cfg, run2)
-    stop_at(trainer, 7, signal.SIGTERM)
-    with pytest.raises(Interrupted):
-        trainer.run()
-    data = load(run2 / CHECKPOINT_FILE)
-    data["config"]["optim.warmup_steps"] = 5
-    data.pop("version")
-    ckpt_save(run2 / CHECKPOINT_FILE, data)
+    _interrupt_and_edit_config(cfg, run2, 7, lambda c: c.update({"optim.warmup_steps": 5}))
     Trainer(cfg, run2).run()
     assert summary(run2)["resumed_from"] == []
     assert "another config (optim.warmup_steps: 5 -> 0)" in caplog.text
