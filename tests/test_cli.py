@@ -75,6 +75,8 @@ BAD = [
     (["seed=-1"], "seed=-1", "must be >= 0"),
     (["optim=adam", "optim.betas=[0.9,2]"], "optim.betas=[0.9, 2.0]", "two numbers in [0, 1)"),
     (["trainer.max_steps=0"], "trainer.max_steps=0", ">= 1"),
+    (["model.init=pascanu"], "model.init=pascanu", "only for model.cell=rnn_tanh"),
+    (["model=rnn_tanh", "model.init=xavier"], "model.init=xavier", "null or pascanu"),
     (["clip=norm", "clip.max_norm=0"], "clip.max_norm=0", "must be > 0"),
     (["clip=norm", "clip.max_norm=-2"], "clip.max_norm=-2", "must be > 0"),
     (["clip=norm", "clip.norm_type=3"], "clip.norm_type=3", "one of 1, 2, inf"),
