@@ -92,6 +92,17 @@ ADD_TOLERANCE = {"hochreiter": 0.04, "halves": 0.08}
 ADD_EXPECTED = {"hochreiter": 0.5, "halves": 1.0}  # E[target]: the best constant guess
 
 
+def mark_pairs(markers: Tensor, first: Tensor, second: Tensor) -> None:
+    """Set markers[i, first[i]] and markers[i, second[i]] to 1.0 in place.
+
+    Why scatter_ and not `markers[rows, first] = 1.0`: on CUDA the indexed assignment of
+    a Python number copies it from the host, a synchronizing copy on every batch drawn
+    (found on an H200 by test_train_step_does_not_sync_with_the_host); scatter_ takes
+    the number as a kernel argument."""
+    markers.scatter_(1, first[:, None], 1.0)
+    markers.scatter_(1, second[:, None], 1.0)
+
+
 def adding_batch(n: int, length: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Hochreiter & Schmidhuber's adding problem (1997, sec. 5.4), `n` sequences.
 
@@ -111,8 +122,7 @@ def adding_batch(n: int, length: int, gen: torch.Generator) -> tuple[Tensor, Ten
     markers = torch.zeros(n, length, device=dev)
     markers[:, 0] = -1.0
     markers[:, -1] = -1.0
-    markers[rows, first] = 1.0
-    markers[rows, second] = 1.0
+    mark_pairs(markers, first, second)
     values[:, 0] = torch.where(markers[:, 0] > 0, 0.0, values[:, 0])
     target = 0.5 + (values[rows, first] + values[rows, second]) / 4
     return torch.stack([values, markers], dim=-1), target
@@ -134,8 +144,7 @@ def halves_batch(n: int, length: int, gen: torch.Generator) -> tuple[Tensor, Ten
     first = torch.randint(0, length // 2, (n,), generator=gen, device=dev)
     second = torch.randint(length // 2, length, (n,), generator=gen, device=dev)
     markers = torch.zeros(n, length, device=dev)
-    markers[rows, first] = 1.0
-    markers[rows, second] = 1.0
+    mark_pairs(markers, first, second)
     target = values[rows, first] + values[rows, second]
     return torch.stack([values, markers], dim=-1), target
 
