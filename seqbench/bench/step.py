@@ -123,26 +123,33 @@ def bare_loop(cfg, device: torch.device, compile_model: bool = False,
     optimizer = build_optimizer(params, cfg.optim)
     forward = torch.compile(model) if compile_model else model
     stream = task.train_stream
-    state: dict[str, Any] = {"hidden": None, "norm": None}
+    state: dict[str, Any] = {"hidden": None, "norm": None, "warm": False}
     max_norm, norm_type = (float(cfg.clip.max_norm), float(cfg.clip.norm_type)) \
         if clip_grad_norm else (None, None)
 
     def run(n: int) -> None:
+        if not state["warm"]:  # the first step sets cuDNN up (it syncs once): unchecked
+            state["warm"] = True
+            run_steps(1)
+            n -= 1
         with no_sync_allowed(device):
-            for _ in range(n):
-                x, y = stream.current()
-                logits, hidden = forward(x, state["hidden"])
-                state["hidden"] = tuple(h.detach() for h in hidden) \
-                    if isinstance(hidden, tuple) else hidden.detach()
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-                loss.backward()
-                if max_norm is not None:  # the norm stays on the device, as the trainer's
-                    state["norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm,
-                                                                   norm_type)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if stream.advance():
-                    state["hidden"] = None
+            run_steps(n)
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            x, y = stream.current()
+            logits, hidden = forward(x, state["hidden"])
+            state["hidden"] = tuple(h.detach() for h in hidden) \
+                if isinstance(hidden, tuple) else hidden.detach()
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss.backward()
+            if max_norm is not None:  # the norm stays on the device, as the trainer's
+                state["norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm,
+                                                               norm_type)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if stream.advance():
+                state["hidden"] = None
 
     return run, model
 
@@ -160,8 +167,12 @@ def trainer_loop(cfg, run_dir: Path) -> tuple[Callable[[int], None], Any]:
 
     def run(n: int) -> None:
         for _ in range(n // window):
+            first = counter["step"] == 0  # the first step sets cuDNN up (it syncs once)
+            if first:
+                counter["step"] += 1
+                trainer.loop_step(counter["step"], big)
             with no_sync_allowed(device):
-                for _ in range(window - 1):
+                for _ in range(window - 1 - first):
                     counter["step"] += 1
                     trainer.loop_step(counter["step"], big)
             counter["step"] += 1
