@@ -11,11 +11,15 @@ import pytest
 
 from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import _format as fmt
-from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
 from seqbench.report.figures import registry
+from seqbench.report.figures._common import FigureSkipped, Plot, clip_palette
+from seqbench.report.figures.driver import make_figures
+from seqbench.report.figures.lr_curves import DIVERGED_LEGEND, lr_curves
+from seqbench.report.figures.registry import FigureInput, figure_name, figure_title, kinds
 from seqbench.report.stats import cells
 from seqbench.report.task_groups import MetricInfo
+from seqbench.rundir import BPC
 
 LRS = {"sgd": (0.1, 1.0, 10.0), "adam": (0.001, 0.01)}
 CLIPS = (("none", math.nan), ("value", 0.5), ("norm", 1.0))
@@ -97,16 +101,16 @@ def _axes_y(ax, y: float) -> float:
 
 @pytest.fixture(scope="module")
 def plot():
-    return F.lr_curves(make_cells())
+    return lr_curves(make_cells())
 
 
 def test_registered_first_and_titled_with_the_metric():
-    assert F.FIGURE_KINDS[0] == registry.kinds()[0] == "lr_curves"
+    assert kinds()[0] == registry.kinds()[0] == "lr_curves"
     assert registry.get("lr_curves").build.__module__ == "seqbench.report.figures.lr_curves"
     assert (
-        F.figure_title("lr_curves", F.BPC) == "Final validation bits per character vs learning rate"
+        figure_title("lr_curves", BPC) == "Final validation bits per character vs learning rate"
     )
-    assert F.figure_name("lr_curves") == "lr_curves"
+    assert figure_name("lr_curves") == "lr_curves"
 
 
 def test_one_panel_per_optimizer_one_line_per_clip_setting(plot):
@@ -132,7 +136,7 @@ def test_one_panel_per_optimizer_one_line_per_clip_setting(plot):
             assert ln.get_linestyle() == "-"
     # every panel shares the y axis, and colours follow the clip methods of other figures
     assert panels[0].get_ylim() == panels[1].get_ylim()
-    palette = F.clip_palette(["none", "value", "norm"])
+    palette = clip_palette(["none", "value", "norm"])
     assert np.allclose(plot.palette["none"], palette["none"])
 
 
@@ -165,7 +169,7 @@ def test_fully_diverged_cell_has_no_point_only_a_counted_top_edge_marker(plot):
     ]
     assert adam_counts == ["2/3"]
     legend = [t.get_text() for t in plot.figure.legends[0].get_texts()]
-    assert F.DIVERGED_LEGEND in legend
+    assert DIVERGED_LEGEND in legend
     assert "diverged" in plot.caption and "not values" in plot.caption
 
 
@@ -225,7 +229,7 @@ def test_error_bars_are_the_t_intervals(plot):
 
 def test_without_a_baseline_no_line_and_the_caption_says_so():
     for table in (make_cells(baseline=None), make_cells(baseline=math.nan)):
-        plot = F.lr_curves(table)
+        plot = lr_curves(table)
         for ax in _panels(plot.figure):
             assert not [ln for ln in ax.lines if ln.get_gid() == "baseline"]
             assert not [ln for ln in ax.lines if ln.get_linestyle() == "--"]
@@ -239,7 +243,7 @@ def test_higher_is_better_turns_the_words():
         metric_lower_is_better=False,
         baseline_val_metric=0.2,
     )
-    plot = F.lr_curves(table, MetricInfo("accuracy", "fraction", False))
+    plot = lr_curves(table, MetricInfo("accuracy", "fraction", False))
     assert "above it beat the baseline" in plot.caption
     assert "higher is better" in _panels(plot.figure)[0].get_ylabel()
     legend = [t.get_text() for t in plot.figure.legends[0].get_texts()]
@@ -250,7 +254,7 @@ def test_higher_is_better_turns_the_words():
 def test_a_baseline_per_task_configuration_is_drawn_in_its_own_panels():
     short = make_cells(**{"task.seq_len": 16}).assign(baseline_val_metric=4.9)
     long = make_cells(**{"task.seq_len": 64}).assign(baseline_val_metric=4.7)
-    plot = F.lr_curves(pd.concat([short, long], ignore_index=True))
+    plot = lr_curves(pd.concat([short, long], ignore_index=True))
     for ax in _panels(plot.figure):
         want = 4.9 if ax.get_title().endswith("=16") else 4.7
         base = [ln for ln in ax.lines if ln.get_gid() == "baseline"]
@@ -266,7 +270,7 @@ def test_other_config_keys_become_panels_never_averaged():
     big["final_val_metric_lo"] += 1.0
     big["final_val_metric_hi"] += 1.0
     both = pd.concat([small, big], ignore_index=True)
-    plot = F.lr_curves(both)
+    plot = lr_curves(both)
     panels = _panels(plot.figure)
     # each optimizer a row of its own, its settings across
     assert [ax.get_title() for ax in panels] == [
@@ -295,7 +299,7 @@ def test_configurations_no_facet_tells_apart_get_lines_of_their_own():
     twin = table[table["optim.name"] == "sgd"].copy()
     for col in ("final_val_metric_mean", "final_val_metric_lo", "final_val_metric_hi"):
         twin[col] += 2.0
-    plot = F.lr_curves(pd.concat([table, twin], ignore_index=True))
+    plot = lr_curves(pd.concat([table, twin], ignore_index=True))
     sgd = _panels(plot.figure)[1]
     lines = _lines(sgd, "mean")
     assert {"norm 1", "norm 1 #2"} <= set(lines)
@@ -315,7 +319,7 @@ def test_every_run_diverged_still_draws_the_counts():
         final_val_metric_hi=math.nan,
         baseline_val_metric=math.nan,
     )
-    plot = F.lr_curves(table)
+    plot = lr_curves(table)
     for ax in _panels(plot.figure):
         assert not _texts(ax, "n")
         assert all(
@@ -333,8 +337,8 @@ def test_every_run_diverged_still_draws_the_counts():
     ],
 )
 def test_degenerate_input_is_skipped_with_a_reason(table, reason):
-    with pytest.raises(F.FigureSkipped, match=reason):
-        F.lr_curves(table)
+    with pytest.raises(FigureSkipped, match=reason):
+        lr_curves(table)
 
 
 def test_two_tasks_make_two_figures(tmp_path, monkeypatch):
@@ -355,7 +359,7 @@ def test_two_tasks_make_two_figures(tmp_path, monkeypatch):
     c = cells(runs)
     # the baselines as the stats would carry them (hand-set: synthetic runs may lack them)
     c["baseline_val_metric"] = np.where(c["metric"] == "bpc", 4.5, 0.167)
-    drawn: list[tuple[F.FigureInput, F.Plot]] = []
+    drawn: list[tuple[FigureInput, Plot]] = []
     spec = registry.get("lr_curves")
 
     def spy(inp):
@@ -364,7 +368,7 @@ def test_two_tasks_make_two_figures(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setitem(registry._FIGURES, "lr_curves", dataclasses.replace(spec, build=spy))
-    out = F.make_figures(runs, c, c.iloc[0:0], root, tmp_path / "figs")
+    out = make_figures(runs, c, c.iloc[0:0], root, tmp_path / "figs")
     mine = [f for f in out if f.kind == "lr_curves"]
     assert [f.name for f in mine] == ["lr_curves-adding", "lr_curves-synthetic_chars"]
     assert all(f.path is not None and f.path.is_file() for f in mine)
@@ -392,7 +396,7 @@ def test_settings_an_optimizer_lacks_give_it_no_empty_panels():
     heavy = sgd.assign(**{"optim.momentum": 0.9, "optim.lr": sgd["optim.lr"] / 10})
     adam = make_cells()
     adam = adam[adam["optim.name"] == "adam"].assign(**{"optim.momentum": np.nan})
-    plot = F.lr_curves(pd.concat([plain, heavy, adam], ignore_index=True))
+    plot = lr_curves(pd.concat([plain, heavy, adam], ignore_index=True))
     titles = [ax.get_title() for ax in _panels(plot.figure)]
     assert titles == ["Adam", "SGD · no momentum", "SGD · momentum 0.9"]
 
@@ -402,7 +406,7 @@ def test_means_far_below_the_baseline_get_a_log_axis():
     floor of a linear axis; with the baseline in view the axis is logarithmic."""
     far = make_cells(baseline=26213.0)
     assert far["final_val_metric_mean"].max() < 30  # the means alone span little
-    plot = F.lr_curves(far)
+    plot = lr_curves(far)
     assert {ax.get_yscale() for ax in _panels(plot.figure)} == {"log"}
-    near = F.lr_curves(make_cells())  # bpc around a 4.8 baseline: linear, as before
+    near = lr_curves(make_cells())  # bpc around a 4.8 baseline: linear, as before
     assert {ax.get_yscale() for ax in _panels(near.figure)} == {"linear"}

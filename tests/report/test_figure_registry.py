@@ -7,11 +7,14 @@ import pytest
 from matplotlib.figure import Figure
 
 from seqbench.fake_runs import write_synthetic_sweep
-from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
 from seqbench.report.figures import registry
+from seqbench.report.figures._common import FigureSkipped, Plot
+from seqbench.report.figures.driver import make_figures
+from seqbench.report.figures.registry import FigureInput, figure_title, kinds, register, unregister
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
+from seqbench.rundir import BPC
 
 LENGTH_FIGURES = ("stability_map", "grad_norm_length", "seed_curves")
 REPORT_ORDER = (
@@ -29,25 +32,25 @@ REPORT_ORDER = (
 
 
 def test_registry_lists_the_figures_in_report_order():
-    assert registry.kinds() == F.FIGURE_KINDS == REPORT_ORDER
+    assert registry.kinds() == kinds() == REPORT_ORDER
     # one module per kind, each registering its builder
     modules = [registry.get(kind).build.__module__ for kind in REPORT_ORDER]
     assert modules == [f"seqbench.report.figures.{kind}" for kind in REPORT_ORDER]
-    assert F.figure_title("divergence_heatmap", F.BPC) == "Divergence rate"
-    assert F.figure_title("quality_heatmap", F.BPC) == f"Final validation {F.BPC.long}"
+    assert figure_title("divergence_heatmap", BPC) == "Divergence rate"
+    assert figure_title("quality_heatmap", BPC) == f"Final validation {BPC.long}"
 
 
 def test_registry_refuses_duplicates_and_unsafe_file_names():
     def build(inp):
-        raise F.FigureSkipped("never drawn")
+        raise FigureSkipped("never drawn")
 
     with pytest.raises(ValueError, match="already registered"):
-        F.register("frontier", title="again", build=build)
+        register("frontier", title="again", build=build)
     with pytest.raises(ValueError, match="already registered"):
-        F.register("other", title="x", file="{metric}_heatmap", build=build)
+        register("other", title="x", file="{metric}_heatmap", build=build)
     for bad in ("a-b", "../x", "{metric}", "{metric}_{metric}", ""):
         with pytest.raises(ValueError, match="plain file stem"):
-            F.register("other", title="x", file=bad, build=build)
+            register("other", title="x", file=bad, build=build)
     assert registry.kinds() == REPORT_ORDER
 
 
@@ -65,21 +68,21 @@ def test_a_registered_figure_is_drawn_by_make_figures_into_its_own_file(tmp_path
     )
     res = collect_runs(sw.root)
     c = cells(res.runs)
-    seen: list[F.FigureInput] = []
+    seen: list[FigureInput] = []
 
     # what a new figure module declares
-    @F.register("probe", title=lambda metric: f"Probe ({metric.name})", file="{metric}_probe")
-    def build(inp: F.FigureInput) -> F.Plot:
+    @register("probe", title=lambda metric: f"Probe ({metric.name})", file="{metric}_probe")
+    def build(inp: FigureInput) -> Plot:
         seen.append(inp)
         if len(seen) > 1:
-            raise F.FigureSkipped("nothing to probe")
+            raise FigureSkipped("nothing to probe")
         fig = Figure(figsize=(2.0, 2.0))
         fig.subplots().plot([0, 1], [0, 1])
-        return F.Plot(fig, pd.DataFrame({"cells": [len(inp.cells_df)]}), "A probe.")
+        return Plot(fig, pd.DataFrame({"cells": [len(inp.cells_df)]}), "A probe.")
 
     figs = tmp_path / "figs"
     try:
-        out = F.make_figures(res.runs, c, lr_summary(c), sw.root, figs)
+        out = make_figures(res.runs, c, lr_summary(c), sw.root, figs)
         # the length figures do not apply to a sweep without a length axis: left out
         applies = [k for k in REPORT_ORDER if k not in LENGTH_FIGURES]
         assert [f.kind for f in out] == [*applies, "probe"]
@@ -90,10 +93,10 @@ def test_a_registered_figure_is_drawn_by_make_figures_into_its_own_file(tmp_path
         inp = seen[0]
         assert inp.metric.name == "bpc" and inp.runs_dir == sw.root and len(inp.cells_df) == 4
         # a re-render that cannot draw it: a note, and its stale file is removed
-        again = F.make_figures(res.runs, c, lr_summary(c), sw.root, figs)
+        again = make_figures(res.runs, c, lr_summary(c), sw.root, figs)
         assert again[-1].note == "skipped: nothing to probe" and again[-1].path is None
         assert not (figs / "bpc_probe.png").exists()
         assert (figs / "frontier.png").exists()
     finally:
-        F.unregister("probe")
+        unregister("probe")
     assert registry.kinds() == REPORT_ORDER

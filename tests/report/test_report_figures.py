@@ -12,8 +12,16 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgb
 
 from seqbench.fake_runs import write_synthetic_sweep
-from seqbench.report import figures as F
 from seqbench.report.collect import collect_runs
+from seqbench.report.figures._common import MAX_CURVE_CONFIGS, facet_columns, select_curve_cells
+from seqbench.report.figures._heatmap import heatmap_panels
+from seqbench.report.figures.divergence_heatmap import divergence_heatmap
+from seqbench.report.figures.driver import make_figures
+from seqbench.report.figures.frontier import frontier
+from seqbench.report.figures.grad_norms import grad_norm_distributions
+from seqbench.report.figures.loss_curves import loss_curves
+from seqbench.report.figures.quality_heatmap import metric_heatmap
+from seqbench.report.figures.registry import figure_name, kinds
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.stats import cells
 
@@ -44,7 +52,7 @@ def _expected_norm_counts(sweep, kind: str) -> Counter:
 
 
 def test_divergence_heatmap_panels_and_annotations(cells_df):
-    plot = F.divergence_heatmap(cells_df)
+    plot = divergence_heatmap(cells_df)
     axes = _titled_axes(plot.figure)
     assert [ax.get_title() for ax in axes] == [
         "Adam · no clipping",
@@ -74,7 +82,7 @@ def test_divergence_heatmap_panels_and_annotations(cells_df):
 
 
 def test_bpc_heatmap_blank_where_nothing_finished(cells_df):
-    plot = F.metric_heatmap(cells_df)
+    plot = metric_heatmap(cells_df)
     _labels_ok(plot.figure)
     texts = [t.get_text() for ax in _titled_axes(plot.figure) for t in ax.texts]
     finished = cells_df[cells_df["n_finished"] > 0]
@@ -92,7 +100,7 @@ def test_bpc_heatmap_blank_where_nothing_finished(cells_df):
 
 
 def test_grad_norm_hue_groups_have_the_right_rows(sweep, collected):
-    plot = F.grad_norm_distributions(collected.runs, sweep.root)
+    plot = grad_norm_distributions(collected.runs, sweep.root)
     _labels_ok(plot.figure)
     colour_to_method = {to_rgb(c): m for m, c in plot.palette.items()}
     for ax, kind in zip(plot.figure.axes[:2], ("grad_norm_pre", "grad_norm_post"), strict=True):
@@ -108,7 +116,7 @@ def test_hue_groups_survive_string_dtype_and_odd_order(sweep, collected, dtype):
     """pandas 3 `str`/categorical dtypes, rows and categories in an order unlike hue_order."""
     runs = collected.runs.iloc[::-1].reset_index(drop=True)
     runs["clip.method"] = runs["clip.method"].astype(dtype)
-    plot = F.grad_norm_distributions(runs, sweep.root)
+    plot = grad_norm_distributions(runs, sweep.root)
     colour_to_method = {to_rgb(c): m for m, c in plot.palette.items()}
     ax = plot.figure.axes[0]
     drawn = {
@@ -120,7 +128,7 @@ def test_hue_groups_survive_string_dtype_and_odd_order(sweep, collected, dtype):
 
 
 def test_frontier_points_carry_their_cells_colour(cells_df):
-    plot = F.frontier(cells_df)
+    plot = frontier(cells_df)
     _labels_ok(plot.figure)
     ax = plot.figure.axes[0]
     coll = [c for c in ax.collections if isinstance(c, PathCollection)]
@@ -138,9 +146,9 @@ def test_frontier_points_carry_their_cells_colour(cells_df):
 
 
 def test_loss_curves_groups(sweep, collected, cells_df, stable_df):
-    chosen = F.select_curve_cells(cells_df, stable_df)
+    chosen = select_curve_cells(cells_df, stable_df)
     assert set(chosen["optim.name"]) == {"sgd", "adam"}
-    assert (chosen.groupby("optim.name").size() <= F.MAX_CURVE_CONFIGS).all()
+    assert (chosen.groupby("optim.name").size() <= MAX_CURVE_CONFIGS).all()
     # per optimizer, one lr: the largest lr at which some setting was stable
     for opt, sub in chosen.groupby("optim.name"):
         assert sub["optim.lr"].nunique() == 1
@@ -148,7 +156,7 @@ def test_loss_curves_groups(sweep, collected, cells_df, stable_df):
             sub["optim.lr"].iloc[0]
             == stable_df.loc[stable_df["optim.name"] == opt, "largest_finite_lr"].max()
         )
-    plot = F.loss_curves(collected.runs, cells_df, stable_df, sweep.root)
+    plot = loss_curves(collected.runs, cells_df, stable_df, sweep.root)
     _labels_ok(plot.figure)
     data = plot.data
     for rec in chosen.to_dict("records"):
@@ -181,7 +189,7 @@ def test_make_figures_skips_with_notes_when_nothing_finished(tmp_path):
     assert (c["n_finished"] == 0).all()
     (tmp_path / "figs").mkdir()
     (tmp_path / "figs" / "bpc_heatmap.png").write_bytes(b"stale")
-    out = F.make_figures(res.runs, c, lr_summary(c), sw.root, tmp_path / "figs")
+    out = make_figures(res.runs, c, lr_summary(c), sw.root, tmp_path / "figs")
     notes = {f.name: f.note for f in out if f.path is None}
     assert set(notes) == {"bpc_heatmap", "frontier", "param_grad_norms"}  # no param files
     assert all(n.startswith("skipped:") for n in notes.values())
@@ -198,19 +206,19 @@ def test_facets_split_panels_when_other_settings_vary(cells_df):
     a = cells_df.assign(**{"model.hidden_size": 32})
     b = cells_df.assign(**{"model.hidden_size": 256})
     both = pd.concat([a, b], ignore_index=True)
-    assert F.facet_columns(both) == ["model.hidden_size"]
-    panels = F.heatmap_panels(both)
+    assert facet_columns(both) == ["model.hidden_size"]
+    panels = heatmap_panels(both)
     assert len(panels) == 12
     assert all("model.hidden_size=" in title for title, _ in panels)
     # optimizer-specific keys (momentum only for SGD) do not create panels
-    assert F.facet_columns(cells_df) == []
+    assert facet_columns(cells_df) == []
 
 
-@pytest.mark.parametrize("kind", [k for k in F.FIGURE_KINDS if k not in (
+@pytest.mark.parametrize("kind", [k for k in kinds() if k not in (
     "param_grad_norms", "stability_map", "grad_norm_length", "seed_curves")])
 def test_every_figure_is_drawn(report, kind):
     # param_grad_norms needs param_metrics.parquet files: see test_report_params.py;
     # the length figures need a length axis: see test_report_length.py
     # one text task: names are the kinds, the quality heatmap is named after bpc
-    assert F.figure_name(kind) in report.figures
-    assert F.figure_name(kind) == ("bpc_heatmap" if kind == "quality_heatmap" else kind)
+    assert figure_name(kind) in report.figures
+    assert figure_name(kind) == ("bpc_heatmap" if kind == "quality_heatmap" else kind)

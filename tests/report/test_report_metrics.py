@@ -15,12 +15,14 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgb
 
 from seqbench.fake_runs import SYNTHETIC_TASKS, write_synthetic_sweep
-from seqbench.report import figures as F
 from seqbench.report import make_report
 from seqbench.report import render as R
 from seqbench.report.collect import RUN_COLUMNS, collect_runs
+from seqbench.report.figures.frontier import DIVERGED_STRIP_LABEL, diverged_strip_rows, frontier
+from seqbench.report.figures.loss_curves import loss_curves
+from seqbench.report.figures.quality_heatmap import metric_heatmap
 from seqbench.report.lr_summary import lr_summary
-from seqbench.report.stats import cells
+from seqbench.report.stats import cell_index, cells
 from seqbench.report.task_groups import MixedMetricsError, metric_of, split_by_task
 
 SMALL = {"steps": 20, "eval_every": 5, "hydra": False}
@@ -129,7 +131,7 @@ def test_malformed_metric_keys_are_corrupt(tmp_path, changes, reason):
 def test_cells_of_a_mixed_directory_never_mix_metrics(mixed):
     _, truth, collected, cells_df = mixed
     assert set(cells_df["metric"]) == {"bpc", "mse"}
-    runs = collected.runs.assign(cell=F.cell_index(collected.runs))
+    runs = collected.runs.assign(cell=cell_index(collected.runs))
     per_cell = runs.groupby("cell")["metric"].nunique()
     assert (per_cell == 1).all()
     # the mean of every cell, recomputed from what was written (completed runs only)
@@ -168,7 +170,7 @@ def test_same_config_different_metric_are_different_cells():
     with pytest.raises(MixedMetricsError, match="several metrics"):
         metric_of(c)
     with pytest.raises(MixedMetricsError):
-        F.metric_heatmap(c)
+        metric_heatmap(c)
     assert len(split_by_task(c)) == 3
 
 
@@ -255,7 +257,7 @@ def _all_text(fig) -> str:
 
 def test_quality_heatmap_names_the_metric(adding_tables):
     _, group, _, c, _ = adding_tables
-    plot = F.metric_heatmap(c, group.metric)
+    plot = metric_heatmap(c, group.metric)
     cbar = plot.figure.axes[-1].get_ylabel()
     assert cbar.startswith("final validation MSE (squared target units; lower is better")
     assert "mean squared error" in plot.figure.get_suptitle()
@@ -274,7 +276,7 @@ def test_higher_is_better_flips_colours_and_words(tmp_path):
     sw = write_synthetic_sweep(tmp_path / "r", task="copy", seeds=(0, 1), defects=False, **SMALL)
     res = collect_runs(sw.root)
     c = cells(res.runs)
-    plot = F.metric_heatmap(c)
+    plot = metric_heatmap(c)
     assert "higher is better" in plot.figure.axes[-1].get_ylabel()
     vals = c["final_val_metric_mean"].dropna()
     mesh = next(ax.collections[0] for ax in plot.figure.axes if ax.get_title())
@@ -284,31 +286,31 @@ def test_higher_is_better_flips_colours_and_words(tmp_path):
     best = c.loc[c["final_val_metric_mean"].idxmax()]
     assert sentence.startswith("The highest mean final validation accuracy was")
     assert f"lr {best['optim.lr']:g}" in sentence
-    assert "Upper left is better" in F.frontier(c).caption
+    assert "Upper left is better" in frontier(c).caption
 
 
 def test_loss_curves_units_follow_the_task(adding_tables, sweep, collected, cells_df, stable_df):
     root, group, runs, c, stable = adding_tables
-    plot = F.loss_curves(runs, c, stable, root, group.metric)
+    plot = loss_curves(runs, c, stable, root, group.metric)
     ylabels = {ax.get_ylabel() for ax in plot.figure.axes}
     assert "training loss (task units)" in ylabels
     assert "validation MSE (squared target units)" in ylabels
     assert not any("nats" in y for y in ylabels)
-    text = F.loss_curves(collected.runs, cells_df, stable_df, sweep.root)
+    text = loss_curves(collected.runs, cells_df, stable_df, sweep.root)
     assert {ax.get_ylabel() for ax in text.figure.axes} == {
         "training loss (nats/char)", "validation loss (nats/char)"
     }
 
 
 def _strip_axes(fig):
-    return [ax for ax in fig.axes if any(F.DIVERGED_STRIP_LABEL == t.get_text() for t in ax.texts)]
+    return [ax for ax in fig.axes if any(DIVERGED_STRIP_LABEL == t.get_text() for t in ax.texts)]
 
 
 def test_frontier_draws_configurations_where_every_seed_diverged(adding_tables):
     _, group, _, c, _ = adding_tables
     gone = c[(c["n"] > 0) & (c["n_diverged"] == c["n"])]
     assert len(gone) >= 2  # the fixture must exercise the strip
-    plot = F.frontier(c, group.metric)
+    plot = frontier(c, group.metric)
     ax = plot.figure.axes[0]
     assert ax.get_ylabel().startswith("final validation MSE, mean of finished seeds")
     assert "squared target units; lower is better" in ax.get_ylabel()
@@ -324,7 +326,7 @@ def test_frontier_draws_configurations_where_every_seed_diverged(adding_tables):
         edges |= {to_rgb(tuple(e)) for e in col.get_edgecolors()}
     assert edges == {to_rgb(plot.palette[m]) for m in gone["clip.method"]}
     # every setting's row names its learning rates
-    rows = [t.get_text() for t in strip.texts if t.get_text() != F.DIVERGED_STRIP_LABEL]
+    rows = [t.get_text() for t in strip.texts if t.get_text() != DIVERGED_STRIP_LABEL]
     for rec in gone.to_dict("records"):
         opt = {"sgd": "SGD", "adam": "Adam"}[rec["optim.name"]]
         assert any(r.startswith(opt) and f"{rec['optim.lr']:g}" in r for r in rows), rec
@@ -340,14 +342,14 @@ def test_frontier_strip_rows_are_capped_but_every_point_is_drawn():
             "optim.lr": [1.0] * 12,
         }
     )
-    labels, rows = F.diverged_strip_rows(gone, [], max_rows=5)
+    labels, rows = diverged_strip_rows(gone, [], max_rows=5)
     assert len(labels) == 5 and labels[-1] == "8 more settings"
     assert len(rows) == 12 and rows.max() == 4 and list(rows[:4]) == [0, 1, 2, 3]
 
 
 def test_frontier_without_total_divergence_has_no_strip(cells_df):
     some = cells_df[~((cells_df["n"] > 0) & (cells_df["n_diverged"] == cells_df["n"]))]
-    plot = F.frontier(some)
+    plot = frontier(some)
     assert _strip_axes(plot.figure) == [] and len(plot.figure.axes) == 1
 
 

@@ -22,13 +22,18 @@ from matplotlib.colors import to_rgb
 
 from seqbench.fake_runs import PARAM_NAMES, write_synthetic_sweep
 from seqbench.metrics import PARAM_SCHEMA, MetricsFile
-from seqbench.report import figures as F
 from seqbench.report import make_report
 from seqbench.report.collect import (
     PARAM_METRICS_FILE,
     PARAM_VALUE_COLUMNS,
     collect_runs,
     load_param_metrics,
+)
+from seqbench.report.figures._common import FigureSkipped
+from seqbench.report.figures.param_grad_norms import (
+    MAX_PARAM_CONFIGS,
+    param_grad_norms,
+    param_norm_stats,
 )
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.render import DAMAGED_HEADING
@@ -194,7 +199,7 @@ _values = st.one_of(
 )
 def test_param_norm_stats_is_the_median_of_finite_positive_values(rows):
     df = pd.DataFrame(rows, columns=["label", "run_dir", "name", "step", "v"])
-    out = F.param_norm_stats(df, "v")
+    out = param_norm_stats(df, "v")
     ref: dict[tuple, list[float]] = {}
     for lab, _, name, step, v in rows:
         if math.isfinite(v) and v > 0:
@@ -211,7 +216,7 @@ def test_param_norm_stats_bins_long_runs():
     df = pd.DataFrame(
         {"label": "A", "run_dir": "r", "name": "w", "step": steps, "v": steps.astype(float)}
     )
-    out = F.param_norm_stats(df, "v", max_points=100)
+    out = param_norm_stats(df, "v", max_points=100)
     assert len(out) == 100 and out["step"].is_monotonic_increasing
     np.testing.assert_allclose(out["median"], out["step"])  # v = step: a bin's median = centre
 
@@ -248,14 +253,14 @@ def _panel_runs(truth: pd.DataFrame, title: str) -> list[str]:
 def test_param_figure_one_line_per_tensor_with_the_right_points(psweep, pcollected):
     runs = pcollected.runs
     c = cells(runs)
-    plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)
+    plot = param_grad_norms(runs, c, lr_summary(c), psweep.root)
     fig = plot.figure
     assert fig.get_suptitle() and fig.legends
     assert [t.get_text() for t in fig.legends[0].get_texts()] == list(PARAM_NAMES)
     colour_to_name = {to_rgb(col): n for n, col in plot.palette.items()}
     assert len(colour_to_name) == len(PARAM_NAMES)
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(axes) == 2 * min(6, F.MAX_PARAM_CONFIGS)  # two rows, one column per setting
+    assert len(axes) == 2 * min(6, MAX_PARAM_CONFIGS)  # two rows, one column per setting
     seen_rows = Counter()
     for ax in axes:
         assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel() and ax.get_yscale() == "log"
@@ -295,26 +300,26 @@ def test_param_figure_hue_survives_string_names(psweep, pcollected, monkeypatch)
     monkeypatch.setattr(module, "load_param_metrics", as_str)
     runs = pcollected.runs
     c = cells(runs)
-    plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)
+    plot = param_grad_norms(runs, c, lr_summary(c), psweep.root)
     for ax in (a for a in plot.figure.axes if a.get_visible()):
         colours = [to_rgb(ln.get_color()) for ln in ax.lines if len(ln.get_xdata())]
         assert len(colours) == len(set(colours)) == len(PARAM_NAMES)
 
 
 def test_param_figure_skipped_without_param_files(sweep, collected, cells_df, stable_df):
-    with pytest.raises(F.FigureSkipped, match="param_log_every"):
-        F.param_grad_norms(collected.runs, cells_df, stable_df, sweep.root)
+    with pytest.raises(FigureSkipped, match="param_log_every"):
+        param_grad_norms(collected.runs, cells_df, stable_df, sweep.root)
     # a runs table that does not say which runs have files: the loader finds none
     unknown = collected.runs.drop(columns="param_metrics_rows")
-    with pytest.raises(F.FigureSkipped, match="param_log_every"):
-        F.param_grad_norms(unknown, cells_df, stable_df, sweep.root)
+    with pytest.raises(FigureSkipped, match="param_log_every"):
+        param_grad_norms(unknown, cells_df, stable_df, sweep.root)
 
 
 def test_param_figure_without_row_counts_reads_the_files(psweep, pcollected):
     c = cells(pcollected.runs)
-    known = F.param_grad_norms(pcollected.runs, c, lr_summary(c), psweep.root)
+    known = param_grad_norms(pcollected.runs, c, lr_summary(c), psweep.root)
     runs = pcollected.runs.drop(columns="param_metrics_rows")
-    plot = F.param_grad_norms(runs, c, lr_summary(c), psweep.root)
+    plot = param_grad_norms(runs, c, lr_summary(c), psweep.root)
     assert set(plot.data["name"]) == set(PARAM_NAMES)
     pd.testing.assert_frame_equal(plot.data, known.data)
 

@@ -22,8 +22,9 @@ from scipy.stats import t as t_dist
 
 from seqbench.fake_runs import write_synthetic_sweep
 from seqbench.report import PHASES, make_report
-from seqbench.report import figures as F
 from seqbench.report.collect import read_columns
+from seqbench.report.figures.grad_norms import grad_norm_samples
+from seqbench.report.figures.loss_curves import binned_run_means, curve_stats
 
 # --------------------------------------------------------------------------- binning
 
@@ -65,7 +66,7 @@ def test_binned_run_means_are_exact_means_of_all_rows(rows, max_points):
     run = np.array([r for r, _, _ in rows], dtype=np.int64)
     step = np.array([s for _, s, _ in rows], dtype=np.int64)
     values = np.array([v for _, _, v in rows], dtype=float)
-    got_run, got_step, got_mean = F.binned_run_means(run, step, values, max_points)
+    got_run, got_step, got_mean = binned_run_means(run, step, values, max_points)
     got = {(int(r), float(s)): m for r, s, m in zip(got_run, got_step, got_mean, strict=True)}
     want = _reference_bins(run.tolist(), step.tolist(), values.tolist(), max_points)
     assert got.keys() == want.keys()
@@ -81,12 +82,12 @@ def test_binned_run_means_odd_step_numbers():
     """A writer that counts from step 0 gets a bin too (keys stay per run)."""
     run = np.array([0, 0, 1, 1])
     step = np.array([0, 1, 0, 1])
-    r, s, m = F.binned_run_means(run, step, np.array([1.0, 3.0, 5.0, 7.0]), max_points=10)
+    r, s, m = binned_run_means(run, step, np.array([1.0, 3.0, 5.0, 7.0]), max_points=10)
     assert list(zip(r.tolist(), s.tolist(), m.tolist(), strict=True)) == [
         (0, 0.0, 1.0), (0, 1.0, 3.0), (1, 0.0, 5.0), (1, 1.0, 7.0),
     ]
     # steps far below 1 make the (run, bin) table sparse: sorted pairs, same answer
-    r, s, m = F.binned_run_means(np.array([0, 0, 1]), np.array([-(10**12), 1, 1]),
+    r, s, m = binned_run_means(np.array([0, 0, 1]), np.array([-(10**12), 1, 1]),
                                  np.array([2.0, 4.0, 6.0]), max_points=10)
     assert list(zip(r.tolist(), s.tolist(), m.tolist(), strict=True)) == [
         (0, -1e12, 2.0), (0, 1.0, 4.0), (1, 1.0, 6.0),
@@ -107,7 +108,7 @@ def test_curve_stats_over_seeds_match_a_hand_computation():
             frames.append(pd.DataFrame({"label": label, "run_dir": f"{label}{i}",
                                         "step": np.arange(1, T + 1), "x": v}))
     curves = pd.concat(frames, ignore_index=True)
-    st_ = F.curve_stats(curves, "x", max_points)
+    st_ = curve_stats(curves, "x", max_points)
     width = math.ceil(T / max_points)
     assert len(st_) == 2 * math.ceil(T / width)
     for rec in st_.sample(25, random_state=0).to_dict("records"):
@@ -173,8 +174,8 @@ def test_grad_norm_samples_are_capped_subsets_of_the_real_norms(small):
 
     runs = collect_runs(small.root).runs
     cap = 150
-    a = F.grad_norm_samples(runs, small.root, max_points=cap, seed=1)
-    b = F.grad_norm_samples(runs, small.root, max_points=cap, seed=1)
+    a = grad_norm_samples(runs, small.root, max_points=cap, seed=1)
+    b = grad_norm_samples(runs, small.root, max_points=cap, seed=1)
     pd.testing.assert_frame_equal(a, b)  # deterministic
     truth = small.truth
     for (method, kind), sub in a.groupby(["clip_method", "kind"]):

@@ -21,10 +21,9 @@ import order below. Adding a figure is adding a module that declares
 ``@register("kind", title=...)`` over ``def build(inp: FigureInput) -> Plot``, and
 importing it here. What several figures share (result types, style, palettes, the
 choice of configurations for the curves) is in ``_common``, the heatmap drawing in
-``_heatmap``. The modules of ``lr_curves``, ``divergence_heatmap``, ``loss_curves``,
-``param_grad_norms`` and ``frontier`` are named as their figure functions, which this
-package re-exports: ``figures.frontier`` is the function; the module is
-``sys.modules["seqbench.report.figures.frontier"]``.
+``_heatmap``. This package exports only what a report and a figure plug-in need (the
+driver, the registry and the result types); a figure's own helpers are imported from
+its module (``from seqbench.report.figures.lr_curves import lr_curves``).
 
 Design choices:
 
@@ -45,20 +44,7 @@ Design choices:
 
 from __future__ import annotations
 
-from seqbench.report.collect import load_param_metrics, read_columns
-from seqbench.report.figures._common import (
-    DPI,
-    LOG_SPAN,
-    MAX_CURVE_CONFIGS,
-    MAX_CURVE_POINTS,
-    FigureResult,
-    FigureSkipped,
-    Plot,
-    clip_palette,
-    facet_columns,
-    select_curve_cells,
-)
-from seqbench.report.figures._heatmap import MAX_PANELS, heatmap_panels
+from seqbench.report.figures._common import FigureResult, FigureSkipped, Plot
 from seqbench.report.figures.driver import make_figures
 from seqbench.report.figures.registry import (
     FigureInput,
@@ -69,102 +55,31 @@ from seqbench.report.figures.registry import (
     register,
     unregister,
 )
-from seqbench.report.stats import cell_index
-from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup, metric_of
 
 # isort: off
 # Registration order is report order: keep these imports in the order of the report.
-from seqbench.report.figures.lr_curves import DIVERGED_LEGEND, lr_curves, setting_styles
-import seqbench.report.figures.stability_map  # noqa: F401 (registers the figure)
-import seqbench.report.figures.grad_norm_length  # noqa: F401 (registers the figure)
-import seqbench.report.figures.seed_curves  # noqa: F401 (registers the figure)
-from seqbench.report.figures.divergence_heatmap import divergence_heatmap
-from seqbench.report.figures.quality_heatmap import metric_heatmap, quality_cmap
-from seqbench.report.figures.loss_curves import (
-    NATS,
-    TASK_UNITS,
-    binned_run_means,
-    curve_stats,
-    loss_curves,
-)
-from seqbench.report.figures.grad_norms import (
-    MAX_ECDF_POINTS,
-    grad_norm_distributions,
-    grad_norm_samples,
-)
-from seqbench.report.figures.param_grad_norms import (
-    MAX_PARAM_CONFIGS,
-    MAX_PARAM_LINES,
-    PARAM_ROWS,
-    param_grad_norms,
-    param_norm_stats,
-    param_palette,
-)
-from seqbench.report.figures.frontier import (
-    DIVERGED_STRIP_LABEL,
-    MAX_STRIP_ROWS,
-    diverged_strip_rows,
-    frontier,
-)
+import seqbench.report.figures.lr_curves  # noqa: F401 (registers the figure)
+import seqbench.report.figures.stability_map  # noqa: F401
+import seqbench.report.figures.grad_norm_length  # noqa: F401
+import seqbench.report.figures.seed_curves  # noqa: F401
+import seqbench.report.figures.divergence_heatmap  # noqa: F401
+import seqbench.report.figures.quality_heatmap  # noqa: F401
+import seqbench.report.figures.loss_curves  # noqa: F401
+import seqbench.report.figures.grad_norms  # noqa: F401
+import seqbench.report.figures.param_grad_norms  # noqa: F401
+import seqbench.report.figures.frontier  # noqa: F401
 # isort: on
 
-#: The kinds of figure a report draws, in order (the figures registered above;
-#: :func:`~seqbench.report.figures.registry.kinds` is the live list). The file name of
-#: ``quality_heatmap`` is ``<metric>_heatmap`` (``bpc_heatmap``, ``mse_heatmap``); see
-#: :func:`figure_name`.
-FIGURE_KINDS: tuple[str, ...] = kinds()
-
 __all__ = [
-    "BPC",
-    "DIVERGED_LEGEND",
-    "DIVERGED_STRIP_LABEL",
-    "DPI",
-    "FIGURE_KINDS",
-    "LOG_SPAN",
-    "MAX_CURVE_CONFIGS",
-    "MAX_CURVE_POINTS",
-    "MAX_ECDF_POINTS",
-    "MAX_PANELS",
-    "MAX_PARAM_CONFIGS",
-    "MAX_PARAM_LINES",
-    "MAX_STRIP_ROWS",
-    "NATS",
-    "PARAM_ROWS",
-    "TASK_UNITS",
     "FigureInput",
     "FigureResult",
     "FigureSkipped",
     "FigureSpec",
-    "MetricInfo",
     "Plot",
-    "TaskGroup",
-    "binned_run_means",
-    "cell_index",
-    "clip_palette",
-    "curve_stats",
-    "diverged_strip_rows",
-    "divergence_heatmap",
-    "facet_columns",
     "figure_name",
     "figure_title",
-    "frontier",
-    "grad_norm_distributions",
-    "grad_norm_samples",
-    "heatmap_panels",
     "kinds",
-    "load_param_metrics",
-    "loss_curves",
-    "lr_curves",
     "make_figures",
-    "metric_heatmap",
-    "metric_of",
-    "param_grad_norms",
-    "param_norm_stats",
-    "param_palette",
-    "quality_cmap",
-    "read_columns",
     "register",
-    "select_curve_cells",
-    "setting_styles",
     "unregister",
 ]

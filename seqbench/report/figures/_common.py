@@ -57,7 +57,8 @@ class Plot:
 class FigureResult:
     """One figure of a report: a written PNG, or a note saying why there is none.
 
-    ``kind`` is a registered kind (:data:`FIGURE_KINDS`); ``task`` the task group it shows.
+    ``kind`` is a registered kind (:func:`~seqbench.report.figures.registry.kinds`);
+    ``task`` the task group it shows.
     """
 
     name: str
