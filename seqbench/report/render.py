@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,13 @@ figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #ee
 figcaption{font-size:.9em;color:#444;max-width:900px}
 .note{color:#8a4b00}.meta{color:#666;font-size:.9em}code{font-size:.9em}
 ul.summary li{margin:.25em 0}
+nav.toc{font-size:.9em;margin:.8em 0;padding:.35em .6em;background:#f7f7f7;border:1px solid #e4e4e4}
+nav.toc a{color:#0b5394;text-decoration:none}nav.toc a:hover{text-decoration:underline}
+th button.sort{all:unset;cursor:pointer;display:block}
+th button.sort:focus-visible{outline:2px solid #0b5394}
+th button.sort::after{content:"\\a0\\2195";color:#aaa;font-size:.85em}
+th[aria-sort=ascending] button.sort::after{content:"\\a0\\25B2";color:#333}
+th[aria-sort=descending] button.sort::after{content:"\\a0\\25BC";color:#333}
 """
 
 
@@ -272,8 +280,12 @@ def render_markdown(
 
 
 def _html_section(sec: Section) -> list[str]:
+    """One task group's HTML. Every heading gets a stable id (``lr-summary``,
+    ``configurations``, ...; prefixed ``task-<slug>-`` in a section of a multi-task
+    report), which the table of contents links to."""
     e = html.escape
     h = "h2" if sec.group is None else "h3"
+    pre = "" if sec.group is None else f"task-{e(sec.group.slug)}-"
     parts: list[str] = []
     if sec.group is not None:
         parts.append(f'<h2 id="task-{e(sec.group.slug)}">{e(sec.title)}</h2>')
@@ -288,37 +300,38 @@ def _html_section(sec: Section) -> list[str]:
             + ".</p>"
         )
     parts += [
-        f"<{h}>{e(LR_HEADING)}</{h}>",
+        f'<{h} id="{pre}lr-summary">{e(LR_HEADING)}</{h}>',
         f"<p>{e(LR_NOTE)}</p>",
         _html_table(sec.stable),
-        *_html_length(sec, h),
-        f"<{h}>Configurations</{h}>",
+        *_html_length(sec, h, pre),
+        f'<{h} id="{pre}configurations">Configurations</{h}>',
         f"<p>{e(sec.note)}</p>",
         _html_table(sec.cells),
-        f"<{h}>Figures</{h}>",
+        f'<{h} id="{pre}figures">Figures</{h}>',
     ]
     for f in sec.figures:
-        if f.path is None:
+        if f.path is None:  # skipped: the note says why, where the figure would be
             parts.append(f'<p class="note"><strong>{e(f.title)}</strong>: {e(f.note or "")}</p>')
             continue
         b64 = base64.b64encode(f.path.read_bytes()).decode("ascii")
+        caption = f" {e(f.caption)}" if f.caption else ""  # the title at least, always
         parts.append(
             f'<figure id="{e(f.name)}"><img src="data:image/png;base64,{b64}" alt="{e(f.title)}">'
-            f"<figcaption><strong>{e(f.title)}.</strong> {e(f.caption)}</figcaption></figure>"
+            f"<figcaption><strong>{e(f.title)}.</strong>{caption}</figcaption></figure>"
         )
     return parts
 
 
-def _html_length(sec: Section, h: str) -> list[str]:
+def _html_length(sec: Section, h: str, pre: str = "") -> list[str]:
     if sec.length is None:
         return []
     e, part = html.escape, sec.length
     return [
-        f"<{h}>{e(length_text.LENGTH_HEADING)}</{h}>",
+        f'<{h} id="{pre}length-summary">{e(length_text.LENGTH_HEADING)}</{h}>',
         '<ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in part.sentences) + "</ul>",
         f"<p>{e(length_text.LENGTH_NOTE)}</p>",
         _html_table(part.summary),
-        f"<{h}>{e(length_text.GRAD_HEADING)}</{h}>",
+        f'<{h} id="{pre}grad-norms-by-length">{e(length_text.GRAD_HEADING)}</{h}>',
         f"<p>{e(length_text.GRAD_NOTE)}</p>",
         _html_table(part.grads),
     ]
@@ -349,16 +362,17 @@ def render_html(
         + "".join(f"<li>{e(s)}</li>" for s in headline(collected, cells_df, stable_df, layout))
         + "</ul>",
     ]
+    toc_at = len(parts)  # the table of contents: here, or after the answer table if later
     for sec in sections(collected, cells_df, stable_df, figures, layout):
         parts += _html_section(sec)
     inc, cor = _problem_items(collected)
-    parts.append("<h2>Incomplete run directories</h2>")
+    parts.append('<h2 id="incomplete-runs">Incomplete run directories</h2>')
     parts.append(
         "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in inc) + "</ul>"
         if inc
         else "<p>None.</p>"
     )
-    parts.append("<h2>Corrupt run directories</h2>")
+    parts.append('<h2 id="corrupt-runs">Corrupt run directories</h2>')
     parts.append(
         "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in cor) + "</ul>"
         if cor
@@ -366,14 +380,96 @@ def render_html(
     )
     damaged = _damaged_items(collected)
     if damaged:
-        parts.append(f"<h2>{e(DAMAGED_HEADING)}</h2>")
+        parts.append(f'<h2 id="damaged-runs">{e(DAMAGED_HEADING)}</h2>')
         parts.append(f"<p>{e(DAMAGED_NOTE)}</p>")
         parts.append(
             "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in damaged)
             + "</ul>"
         )
+    answer = next((i for i, x in enumerate(parts) if 'id="answer-table"' in x), None)
+    if answer is not None:  # the answer stays in the first screen: the contents come after it
+        end = next((i for i in range(answer, len(parts)) if "</table>" in parts[i]), answer)
+        toc_at = max(toc_at, end + 1)
+    parts.insert(toc_at, _html_toc(parts))
+    parts.append(f"<script>{_SORT_JS}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+_HEADING = re.compile(r'<h([23]) id="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
+
+
+def _html_toc(parts: Sequence[str]) -> str:
+    """One compact block of links to every h2/h3 with an id, h3s in brackets after their
+    h2: a line or two, so that it never pushes the answer out of the first screen."""
+    items: list[tuple[str, list[str]]] = []
+    for part in parts:
+        for m in _HEADING.finditer(part):
+            level, hid, inner = m.groups()
+            link = f'<a href="#{hid}">{re.sub(r"<[^>]*>", "", inner)}</a>'
+            if level == "2" or not items:
+                items.append((link, []))
+            else:
+                items[-1][1].append(link)
+    links = [a + (f" ({', '.join(sub)})" if sub else "") for a, sub in items]
+    return ('<nav class="toc" aria-label="Contents"><strong>Contents:</strong> '
+            + " · ".join(links) + "</nav>")
+
+
+# Tables sort by a click on a header (a second click reverses): plain JavaScript, no
+# library. A cell that starts with a number (``2.41 [2.38, 2.45]``, ``3/3``, ``92,087``,
+# ``-∞``) sorts by that number, before cells of text (compared with their digits read as
+# numbers: ``norm 5`` before ``norm 10``); empty and ``—`` cells stay last either way.
+# Ties keep their order. The sorted header carries aria-sort.
+_SORT_JS = r"""
+(function () {
+  "use strict";
+  var NUM = /^[+\-\u2212]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+(?:\.\d*)?|\.\d+)(?:e[+\-]?\d+)?/i;
+  var collator = new Intl.Collator(undefined, {numeric: true, sensitivity: "base"});
+  function key(cell) {
+    var t = cell ? cell.textContent.trim() : "";
+    if (t === "" || t === "\u2014") return null;
+    var inf = /^([+\-\u2212]?)\u221e/.exec(t), m = NUM.exec(t);
+    var n = inf ? (inf[1] && inf[1] !== "+" ? -Infinity : Infinity)
+      : m ? parseFloat(m[0].replace(/,/g, "").replace("\u2212", "-")) : null;
+    return {n: n, t: t};
+  }
+  function cmp(a, b) {
+    if (a.n !== null && b.n !== null && a.n !== b.n) return a.n < b.n ? -1 : 1;
+    if ((a.n === null) !== (b.n === null)) return a.n === null ? 1 : -1;
+    return collator.compare(a.t, b.t);
+  }
+  function sort(table, th, col) {
+    var asc = th.getAttribute("aria-sort") !== "ascending", body = table.tBodies[0];
+    var rows = Array.prototype.map.call(body.rows, function (r, i) {
+      return {r: r, k: key(r.cells[col]), i: i};
+    });
+    rows.sort(function (a, b) {
+      if (a.k === null || b.k === null) return (a.k === null) - (b.k === null) || a.i - b.i;
+      return (asc ? cmp(a.k, b.k) : cmp(b.k, a.k)) || a.i - b.i;
+    });
+    rows.forEach(function (x) { body.appendChild(x.r); });
+    Array.prototype.forEach.call(th.parentNode.cells, function (h) {
+      h.removeAttribute("aria-sort");
+    });
+    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table"), function (table) {
+    if (!table.tHead || !table.tHead.rows.length || !table.tBodies.length) return;
+    var head = table.tHead.rows[table.tHead.rows.length - 1];
+    Array.prototype.forEach.call(head.cells, function (th, col) {
+      var b = document.createElement("button");
+      b.type = "button";
+      b.className = "sort";
+      b.title = "Sort by this column (again: reverse)";
+      while (th.firstChild) b.appendChild(th.firstChild);
+      th.appendChild(b);
+      th.style.cursor = "pointer";  // the whole cell: headers of a row differ in height
+      th.addEventListener("click", function () { sort(table, th, col); });
+    });
+  });
+})();
+"""
 
 
 def _csv(df: pd.DataFrame) -> str:
