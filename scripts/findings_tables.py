@@ -48,12 +48,30 @@ class Reports:
     def __init__(self, root: Path = REPORTS):
         self.root = Path(root)
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
+        self._tables: dict[str, str] = {}
 
     def csv(self, study: str, name: str) -> pd.DataFrame:
         key = (study, name)
         if key not in self._cache:
             self._cache[key] = pd.read_csv(self.root / study / f"{name}.csv")
         return self._cache[key]
+
+    def table(self, name: str) -> str:
+        """The generated table ``name`` (made once)."""
+        if name not in self._tables:
+            self._tables[name] = TABLES[name](self)
+        return self._tables[name]
+
+
+_OPEN: dict[Path, Reports] = {}
+
+
+def reports_at(root: Path = REPORTS) -> Reports:
+    """One :class:`Reports` per directory, so a process reads each CSV once."""
+    root = Path(root).resolve()
+    if root not in _OPEN:
+        _OPEN[root] = Reports(root)
+    return _OPEN[root]
 
 
 # --------------------------------------------------------------------------- selection
@@ -396,7 +414,7 @@ def render(text: str, reports: Reports, names: Sequence[str] | None = None) -> s
         pattern = _block(name)
         if not pattern.search(text):
             raise KeyError(f"{name}: markers not found")
-        table = TABLES[name](reports)
+        table = reports.table(name)
         text = pattern.sub(lambda m, n=name, t=table: (
             f"{START.format(name=n)}\n{t}\n{END.format(name=n)}"), text, count=1)
     return text
@@ -405,13 +423,13 @@ def render(text: str, reports: Reports, names: Sequence[str] | None = None) -> s
 def check(text: str, reports: Reports) -> list[str]:
     """One line per table that is missing or differs: its name and first differing line."""
     problems = []
-    for name, make in TABLES.items():
+    for name in TABLES:
         m = _block(name).search(text)
         if not m:
             problems.append(f"{name}: markers not found")
             continue
         have = m.group(1).rstrip("\n").split("\n")
-        want = make(reports).split("\n")
+        want = reports.table(name).split("\n")
         if have == want:
             continue
         for i in range(max(len(have), len(want))):
@@ -433,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reports", type=Path, default=REPORTS, help="the reports directory")
     args = ap.parse_args(argv)
     text = args.doc.read_text(encoding="utf-8")
-    reports = Reports(args.reports)
+    reports = reports_at(args.reports)
     if args.check:
         problems = check(text, reports)
         for p in problems:
