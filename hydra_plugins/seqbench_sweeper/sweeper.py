@@ -7,7 +7,8 @@ directory holds a run of another experiment unless `force`, skips jobs that alre
 for the same config (looking in `reuse_dir` too, the preset's directory before sweep
 directories were keyed by their globals), launches the rest through whichever Hydra
 launcher is configured, shows one progress bar over the whole sweep, and writes the
-report at the end.
+report at the end. Under submitit with `hydra.launcher.runs_per_gpu=K` (K > 1) it sends
+the jobs in bundles of K, one array task per bundle (seqbench/bundles.py).
 """
 
 # No `from __future__ import annotations` here: Hydra imports plugin modules without
@@ -28,6 +29,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 import seqbench.sweep as sw
+from seqbench import bundles
 from seqbench.errors import one_line
 from seqbench.jobconfigs import JobConfigs
 
@@ -66,6 +68,9 @@ class SeqbenchSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher = None
+        # runs_per_gpu > 1: each job's GPU memory (MiB), and why K cannot be used
+        self.memory: dict[str, float] = {}
+        self.k_problem: str | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -86,8 +91,28 @@ class SeqbenchSweeper(Sweeper):
         cls = type(self.launcher)
         return f"{cls.__module__}.{cls.__name__}".lower()
 
+    def _k(self) -> int:
+        """`hydra.launcher.runs_per_gpu` where the launcher has it and it is usable, else 1
+        (a bad value is reported after planning, by `_bundle_problem`)."""
+        k = self.config.hydra.launcher.get("runs_per_gpu", 1)
+        ok = isinstance(k, int) and not isinstance(k, bool) and k > 1
+        return k if ok and "submitit" in self._launcher_kind() else 1
+
+    def _bundle_problem(self, n_jobs: int) -> str | None:
+        launcher = self.config.hydra.launcher
+        if "runs_per_gpu" not in launcher:
+            return None
+        memory = launcher.get("gpu_memory_gib", bundles.DEFAULT_GPU_MEMORY_GIB)
+        return (bundles.k_error(launcher.runs_per_gpu, n_jobs) or bundles.memory_error(memory)
+                or (bundles.fit_error(self._k(), self.memory, memory) if self._k() > 1
+                    else None))
+
     def _extra_overrides(self, cli: dict) -> list[str]:
-        """Split the CPU between parallel local jobs (joblib): threads = cores / n_jobs."""
+        """Split the CPU between parallel local jobs (joblib): threads = cores / n_jobs;
+        between the runs of a bundle (runs_per_gpu K): threads = cpus_per_task // K."""
+        if self._k() > 1 and "trainer.threads" not in cli:
+            cpus = self.config.hydra.launcher.get("cpus_per_task")
+            return [f"trainer.threads={bundles.threads_per_run(cpus, self._k())}"]
         if "joblib" not in self._launcher_kind() or "trainer.threads" in cli:
             return []
         cores = os.cpu_count() or 1
@@ -138,6 +163,8 @@ class SeqbenchSweeper(Sweeper):
             if identity in seen:  # another grid already has this exact experiment
                 continue
             seen.add(identity)
+            if self._k() > 1:  # what K of them would need on one GPU
+                self.memory[job.name] = bundles.run_memory_mib(cfg, resolved, cache)
             job = sw.Job(job.name, tuple(overrides))
             job_dir = sweep_dir / job.name
             finished, clash = sw.job_state(job_dir, config)  # one read of summary.json
@@ -151,8 +178,10 @@ class SeqbenchSweeper(Sweeper):
                 reusable.append((job, config))
             else:
                 todo.append(job)
+        if not errors:  # runs_per_gpu: checked before anything is written
+            self.k_problem = self._bundle_problem(len(todo) + len(done) + len(reusable))
         reused = 0
-        if not errors and not conflicts and not self.dry_run:
+        if not errors and not conflicts and not self.k_problem and not self.dry_run:
             for job, config in reusable:
                 reused += sw.reuse(self.reuse_dir / job.name, sweep_dir / job.name, config)
         if self.dry_run:
@@ -179,11 +208,22 @@ class SeqbenchSweeper(Sweeper):
             print(f"seqbench: error: {n_jobs} invalid job(s); nothing was launched",
                   file=sys.stderr)
             raise SystemExit(2)
+        if self.k_problem:
+            print(f"seqbench: error: {one_line(self.k_problem)}", file=sys.stderr)
+            raise SystemExit(2)
         outcome = sw.SweepOutcome(jobs=len(todo) + len(done), skipped=len(done))
         sw.LAST_OUTCOME = outcome
         sweep_dir = Path(self.config.hydra.sweep.dir)
         print(f"sweep {self.preset}: {outcome.jobs} jobs ({len(done)} already finished), "
               f"validated in {time.perf_counter() - t0:.1f} s; runs in {sweep_dir}/", flush=True)
+        k = self._k()
+        if k > 1:
+            need = sum(sorted(self.memory.values(), reverse=True)[:k]) / 1024
+            threads = bundles.threads_per_run(self.config.hydra.launcher.get("cpus_per_task"), k)
+            n = -(-len(todo) // k)
+            print(f"  {k} runs per GPU: {n} array task{'s' if n != 1 else ''}, each running "
+                  f"up to {k} runs side by side ({threads} thread{'s' if threads > 1 else ''} a "
+                  f"run, about {need:.1f} GiB of GPU memory a task)", flush=True)
         if reused:
             print(f"  {reused} of them {'would be' if self.dry_run else 'were'} copied from "
                   f"{self.reuse_dir}/ (the same experiments, run before)", flush=True)
@@ -195,12 +235,14 @@ class SeqbenchSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sw.write_sweep_file(sweep_dir, self.preset, arguments)
         batch = self.max_batch_size or self._default_batch(len(todo))
+        if k > 1:  # whole bundles per launcher call
+            batch = max(k, batch // k * k)
         returns = []
         with SweepProgress(len(todo)) as progress:
             for start in range(0, len(todo), batch):
                 chunk = todo[start:start + batch]
                 overrides = [[*j.overrides, f"hydra.sweep.subdir='{j.name}'"] for j in chunk]
-                results = self._launch(overrides, start)
+                results = self._launch(overrides, start, k)
                 returns.append(results)
                 for job, ret in zip(chunk, results):
                     self._count(outcome, sweep_dir / job.name, job, ret)
@@ -213,7 +255,11 @@ class SeqbenchSweeper(Sweeper):
             self._report(sweep_dir, outcome)
         return returns
 
-    def _launch(self, overrides, start):
+    def _launch(self, overrides, start, k=1):
+        if k > 1:  # K jobs per array task, side by side
+            from hydra_plugins.seqbench_sweeper.submitit_jobs import launch_bundles
+
+            return launch_bundles(self.launcher, bundles.group(overrides, k), start)
         if "submitit" in self._launcher_kind():  # one job's failure must not end the rest
             from hydra_plugins.seqbench_sweeper.submitit_jobs import launch_all
 
