@@ -10,6 +10,13 @@ Per-job overhead ("launch to first step") is measured from the runs' own clocks 
 the basic launcher, where jobs run one after another: the time between one run writing
 its final summary and the next run taking its first step covers everything a job costs
 besides training (Hydra's job set-up, building the data and the model, the summary).
+
+`--bundles 1 2` times the preset through the single-node SLURM cluster of
+scripts/slurm/up.sh instead (`hydra/launcher=slurm_local`), once per K runs per array
+task (`hydra.launcher.runs_per_gpu=K`, issue 25), with K CPUs per task so that every run
+has one core and one thread at every K: on a CPU the runs of a bundle cannot share
+anything, so what it shows is the cost of bundling (a parent process per task, a child
+per run) against one SLURM job per run, not the GPU's gain.
 """
 
 from __future__ import annotations
@@ -59,6 +66,48 @@ def run_sweep(preset: str, launcher: str, overrides: list[str], workdir: Path) -
     if launcher == "basic" and len(summaries) > 1:
         result["overhead"] = job_overhead(summaries, t0)
     return result
+
+
+def run_bundles(preset: str, k: int, overrides: list[str], workdir: Path) -> dict:
+    """The preset through slurm_local at K runs per array task, K CPUs per task."""
+    extra = [f"hydra.launcher.runs_per_gpu={k}", f"hydra.launcher.cpus_per_task={k}"]
+    r = run_sweep(preset, "slurm_local", [*overrides, *extra], workdir)
+    from seqbench.sweep import sweep_dir_name
+
+    folders = (workdir / "runs" / sweep_dir_name(preset, overrides) / ".submitit").glob("*")
+    r.update(k=k, cpus_per_task=k, runs_per_hour=r["jobs"] * 3600 / r["wall_s"],
+             tasks=sum(1 for f in folders if f.name.replace("_", "").isdigit()))
+    return r
+
+
+def render_bundles(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    rows = doc["bundles"]
+    lines = [f"# seqbench bench sweep --bundles: preset `{doc['preset']}` on the local SLURM "
+             "cluster", "",
+             f"{m['cpu_count']} CPU cores ({m['processor']}), torch {m['torch']}, Python "
+             f"{m['python']}, {m['platform']}; measured {doc['date']}.", "",
+             f"Produced by `python -m seqbench bench sweep --preset {doc['preset']} --bundles "
+             + " ".join(str(r["k"]) for r in rows)
+             + (" " + " ".join(doc["overrides"]) if doc["overrides"] else "") + "` with "
+             "scripts/slurm/up.sh's cluster running: the whole sweep from scratch through "
+             "`hydra/launcher=slurm_local` once per K (`hydra.launcher.runs_per_gpu=K`, "
+             "`hydra.launcher.cpus_per_task=K`: one core and one thread a run at every K), "
+             "validation and report included. On a CPU the runs of a bundle share nothing, "
+             "so this measures what bundling costs, not what a GPU gains "
+             "(reports/bench/packing-nvidia-h200.md).", "",
+             "| K runs per task | jobs | array tasks | wall time (s) | runs per hour | vs K=1 "
+             "| time in the runs' loops (s) | torch threads per run | outcomes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    base = rows[0]["wall_s"] if rows else None
+    for r in rows:
+        lines.append(f"| {r['k']} | {r['jobs']} | {r['tasks']} | {r['wall_s']:.1f} | "
+                     f"{r['runs_per_hour']:.0f} | {base / r['wall_s']:.2f}x | "
+                     f"{r['run_loop_s']:.1f} | {r['threads_per_run']} | "
+                     f"{', '.join(f'{k} {v}' for k, v in r['statuses'].items())} |")
+    if doc.get("note"):
+        lines += ["", doc["note"]]
+    return "\n".join(lines) + "\n"
 
 
 def job_overhead(summaries: list[dict], started: float) -> dict[str, float]:
@@ -121,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="sweep preset (default demo)")
     p.add_argument("--launcher", action="append", choices=LAUNCHERS,
                    help="launchers to time, repeatable (default: both)")
+    p.add_argument("--bundles", type=int, nargs="+", metavar="K",
+                   help="instead: time the sweep through the local SLURM cluster "
+                        "(hydra/launcher=slurm_local) at each K runs per array task, K CPUs "
+                        "per task; writes reports/bench/sweep-bundles.md and .json")
+    p.add_argument("--note", default="", help="a sentence for the written report "
+                                              "(e.g. what else ran on the machine)")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for every job")
@@ -139,6 +194,19 @@ def main_sweep(argv: list[str]) -> int:
                     "python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
     }
+    if args.bundles:
+        if min(args.bundles) < 1:
+            print("seqbench: error: --bundles: every K must be >= 1", file=sys.stderr)
+            return 2
+        doc["bundles"], doc["note"] = [], args.note
+        for k in args.bundles:
+            with tempfile.TemporaryDirectory(prefix="seqbench-sweep-bench-") as tmp:
+                print(f"sweep {args.preset} on slurm_local, {k} runs per task ...", flush=True)
+                r = run_bundles(args.preset, k, args.overrides, Path(tmp))
+            doc["bundles"].append(r)
+            print(f"  {r['jobs']} jobs in {r['tasks']} tasks, {r['wall_s']:.1f} s", flush=True)
+        del doc["launchers"]
+        return _write(doc, render_bundles(doc), args, "sweep-bundles")
     for launcher in launchers:
         with tempfile.TemporaryDirectory(prefix="seqbench-sweep-bench-") as tmp:
             print(f"sweep {args.preset} with {launcher} ...", flush=True)
@@ -148,11 +216,14 @@ def main_sweep(argv: list[str]) -> int:
     if {"basic", "joblib"} <= set(doc["launchers"]):
         b, j = doc["launchers"]["basic"]["wall_s"], doc["launchers"]["joblib"]["wall_s"]
         doc["speedup"], doc["faster"] = b / j, "joblib" if j < b else "basic"
-    text = render_markdown(doc)
+    return _write(doc, render_markdown(doc), args, f"sweep-{args.preset}")
+
+
+def _write(doc: dict[str, Any], text: str, args: argparse.Namespace, name: str) -> int:
     print(text)
     if not args.no_write:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"sweep-{args.preset}"
+        stem = args.out / name
         stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
         stem.with_suffix(".md").write_text(text)
         print(f"wrote {stem}.md, {stem}.json")
