@@ -252,11 +252,23 @@ def cmd_report(args: list[str]) -> int:
                             description="Write the report of a directory of runs.")
     parser.add_argument("runs_dir", help="directory holding run directories (summary.json)")
     parser.add_argument("--out", help="output directory (default: reports/<name of RUNS_DIR>)")
+    parser.add_argument(
+        "--target", default="90%",
+        help="the time-to-target's target: a value of the task's metric (2.6), or a "
+             "percentage of the way from the baseline to the best configuration of each "
+             "optimizer and model (default 90%%)")
     ns = parse_args(parser, args)
     if isinstance(ns, int):
         return ns
     from seqbench.report import ReportInputError, make_report
+    from seqbench.report.cost import parse_target
     from seqbench.rundir import unwritable
+
+    try:
+        target = parse_target(ns.target)
+    except ValueError as e:
+        return error(f"--target={ns.target}: {e}; allowed: a number, or a percentage in "
+                     "(0%, 100%]")
 
     runs = Path(ns.runs_dir)
     out = Path(ns.out) if ns.out else Path("reports") / runs.resolve().name
@@ -264,7 +276,7 @@ def cmd_report(args: list[str]) -> int:
     if problem is not None:
         return error(f"--out={out}: cannot be written: {problem}")
     try:
-        result = make_report(runs, out)
+        result = make_report(runs, out, target=target)
     except ReportInputError as e:
         return error(f"RUNS_DIR={ns.runs_dir}: {e}")
     print(f"report: {result.paths['report_html']} ({result.n_runs} runs: "

@@ -20,6 +20,7 @@ from seqbench.report.collect import (
     load_curves,
     load_param_metrics,
 )
+from seqbench.report.cost import add_cost
 from seqbench.report.figures import FigureResult, make_figures
 from seqbench.report.layout import Layout, enrich
 from seqbench.report.lr_summary import lr_summary
@@ -87,6 +88,7 @@ def make_report(
     *,
     title: str | None = None,
     timings: dict[str, float] | None = None,
+    target: float | str | None = None,
 ) -> ReportResult:
     """Collect ``runs_dir``, aggregate, draw and write the report into ``out_dir``.
 
@@ -97,6 +99,10 @@ def make_report(
     ``timings``, if given, is filled with the wall seconds of each phase (:data:`PHASES`)
     and their ``total``: the scale benchmark (``seqbench.bench.report_scale``) reads
     them, so a slow phase is named instead of guessed.
+
+    ``target``: the time-to-target's target (:mod:`seqbench.report.cost`): a value of the
+    metric, or a fraction (a string, ``"0.9"``) of the way from the baseline to each
+    context's best; default 0.9 of the way.
     """
     clock = _Clock(timings)
     collected = collect_runs(runs_dir)
@@ -106,8 +112,9 @@ def make_report(
     # one runs table (threshold and cell computed once) and one layout for every stage
     collected.runs = runs = enrich(collected.runs)
     cells_df = cells(runs)
-    stable_df = lr_summary(cells_df, runs)
     layout = Layout.of(runs, cells_df)
+    cells_df = add_cost(cells_df, runs, collected.runs_dir, layout.context, target)
+    stable_df = lr_summary(cells_df, runs)
     clock.lap("stats")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from seqbench.report.lr_summary import LR_COLUMNS, group_columns
 from seqbench.report.stats import (
-    STAT_COLUMNS,
+    NOT_CONFIG_COLUMNS,
     cell_index,
     cell_key_columns,
     config_columns,
@@ -36,7 +36,7 @@ COORDS: tuple[str, ...] = ("optim.name", "clip.method", "threshold", "optim.lr")
 PLACE: tuple[str, ...] = COORDS[:3]
 #: Config keys that ``threshold`` carries, never shown or grouped by on their own.
 RAW_THRESHOLD: tuple[str, ...] = ("clip.max_norm", "clip.clip_value")
-_NOT_KEYS = frozenset({*STAT_COLUMNS, *LR_COLUMNS, "cell", *RAW_THRESHOLD})
+_NOT_KEYS = frozenset({*NOT_CONFIG_COLUMNS, *LR_COLUMNS, "cell", *RAW_THRESHOLD})
 
 
 def config_cols(table: pd.DataFrame) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from seqbench.report.lr_summary import group_columns
-from seqbench.report.stats import STAT_COLUMNS, sort_cells, varying_within
+from seqbench.report.stats import NOT_CONFIG_COLUMNS, sort_cells, varying_within
 from seqbench.report.task_groups import METRIC_COLUMNS, TASK_COLUMN
 from seqbench.rundir import TERMINAL
 
@@ -227,7 +227,7 @@ def named_columns(df: pd.DataFrame) -> list[str]:
     model, a momentum, the task), as the learning-rate tables choose theirs."""
     not_keys = {"level", "optim.lr", LENGTH, "cell", *SUMMARY_COLUMNS, *GRAD_COLUMNS,
                 *METRIC_COLUMNS, "clip.max_norm", "clip.clip_value", *LENGTH_KEYS}
-    stats = set(STAT_COLUMNS)
+    stats = set(NOT_CONFIG_COLUMNS)
     cols = [c for c in df.columns if c not in not_keys and c not in stats]
     cols = [c for c in cols if c not in companions(df, cols)]
     always = [c for c in ("optim.name", "clip.method", "threshold") if c in cols]

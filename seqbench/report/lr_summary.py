@@ -41,7 +41,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from seqbench.report.stats import STAT_COLUMNS, cell_index, sort_cells
+from seqbench.report.stats import NOT_CONFIG_COLUMNS, cell_index, sort_cells
 from seqbench.report.task_groups import METRIC_COLUMNS
 from seqbench.rundir import TERMINAL
 
@@ -65,7 +65,7 @@ LR_COLUMNS: tuple[str, ...] = (
 def group_columns(cells_df: pd.DataFrame) -> list[str]:
     """The columns that define one row: every config key but the lr (and the raw
     threshold keys, which ``threshold`` carries), then the metric columns."""
-    skip = set(STAT_COLUMNS) | {"cell", "optim.lr", "clip.max_norm", "clip.clip_value"}
+    skip = set(NOT_CONFIG_COLUMNS) | {"cell", "optim.lr", "clip.max_norm", "clip.clip_value"}
     cols = [c for c in cells_df.columns if c not in skip]
     lead = [c for c in ("optim.name", "clip.method", "threshold") if c in cols]
     metric = [c for c in METRIC_COLUMNS if c in cells_df.columns]

@@ -30,12 +30,14 @@ import pandas as pd
 
 from seqbench.report import _format as fmt
 from seqbench.report import length
+from seqbench.report.answer import answers
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
 from seqbench.report.layout import Layout
 from seqbench.report.sentences import (
     DAMAGED_HEADING,
     DAMAGED_NOTE,
+    Heading,
     _counts,
     _damaged_items,
     _quality_sentence,  # noqa: F401 (tests reach the sentence builders through render)
@@ -220,7 +222,7 @@ def _md_section(sec: Section) -> list[str]:
     lines: list[str] = []
     if sec.group is not None:
         lines += ["", f"## {sec.title}", ""]
-        lines += [f"- {s}" for s in sec.sentences]
+        lines += _md_bullets(sec.sentences, "####")
     if sec.shared:
         scope = "every configuration" if sec.group is None else "every configuration of this task"
         lines += [
@@ -254,6 +256,61 @@ def _md_section(sec: Section) -> list[str]:
     return lines
 
 
+ANSWER_HEADING = "Answer"
+FINDINGS_HEADING = "Findings"
+
+
+def _md_bullets(items: Sequence[str], level: str) -> list[str]:
+    """Sentences as bullets; a :class:`Heading` among them as a heading of ``level``."""
+    out: list[str] = []
+    for s in items:
+        if isinstance(s, Heading):
+            out += ["", f"{level} {s}", ""]
+        else:
+            out.append(f"- {s}")
+    return out
+
+
+def _html_bullets(items: Sequence[str], tag: str, prefix: str = "") -> str:
+    """Sentences as lists; a :class:`Heading` among them as a ``tag`` heading (its id:
+    ``prefix`` + ``ctx-`` + the heading in lower case)."""
+    e, out, run = html.escape, [], []
+    for s in [*items, None]:
+        if (s is None or isinstance(s, Heading)) and run:
+            out.append('<ul class="summary">' + "".join(f"<li>{e(x)}</li>" for x in run)
+                       + "</ul>")
+            run = []
+        if isinstance(s, Heading):  # an id, so the contents can link it
+            slug = re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
+            out.append(f'<{tag} id="{e(prefix)}ctx-{e(slug)}">{e(s)}</{tag}>')
+        elif s is not None:
+            run.append(s)
+    return "".join(out)
+
+
+def _html_answer(collected: CollectResult, cells_df: pd.DataFrame, stable_df: pd.DataFrame,
+                 layout: Layout) -> list[str]:
+    """The Answer section: a table per task group; the first is ``#answer-table``."""
+    e, parts = html.escape, []
+    for label, _, pivot, note in answers(collected.runs, cells_df, stable_df, layout):
+        if not parts:
+            parts.append(f'<h2 id="answer">{ANSWER_HEADING}</h2>')
+        if label:
+            parts.append(f"<h3>Task {e(label)}</h3>")
+        table = _html_table(pivot)
+        if not any('id="answer-table"' in x for x in parts):
+            table = table.replace("<table>", '<table class="answer" id="answer-table">', 1)
+        else:
+            table = table.replace("<table>", '<table class="answer">', 1)
+        parts += [table, f'<p class="note">{_md_emphasis(e(note))}</p>']
+    return parts
+
+
+def _md_emphasis(text: str) -> str:
+    """``**x**`` of a note written for Markdown as <strong> in HTML."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+
+
 def render_markdown(
     collected: CollectResult,
     cells_df: pd.DataFrame,
@@ -264,7 +321,17 @@ def render_markdown(
 ) -> str:
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     lines = [f"# {printable(title)}", "", f"Runs directory: {md_code(collected.runs_dir)}", ""]
-    lines += [f"- {s}" for s in headline(collected, cells_df, stable_df, layout)]
+    said = headline(collected, cells_df, stable_df, layout)
+    lines += [f"- {s}" for s in said[:1]]  # the run counts, then the answer
+    for label, _, pivot, note in answers(collected.runs, cells_df, stable_df, layout):
+        if not any(x == f"## {ANSWER_HEADING}" for x in lines):
+            lines += ["", f"## {ANSWER_HEADING}", ""]
+        if label:
+            lines += [f"### Task {label}", ""]
+        lines += [_md_table(pivot), note, ""]
+    if len(said) > 1:
+        lines += ["", f"## {FINDINGS_HEADING}", ""]
+        lines += _md_bullets(said[1:], "###")
     for sec in sections(collected, cells_df, stable_df, figures, layout):
         lines += _md_section(sec)
     inc, cor = _problem_items(collected)
@@ -290,7 +357,7 @@ def _html_section(sec: Section) -> list[str]:
     if sec.group is not None:
         parts.append(f'<h2 id="task-{e(sec.group.slug)}">{e(sec.title)}</h2>')
         parts.append(
-            '<ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in sec.sentences) + "</ul>"
+            _html_bullets(sec.sentences, "h4", f"task-{sec.group.slug}-")
         )
     if sec.shared:
         scope = "every configuration" if sec.group is None else "every configuration of this task"
@@ -358,10 +425,12 @@ def render_html(
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f'<p class="meta">Runs directory: <code>{p(collected.runs_dir)}</code></p>',
-        '<ul class="summary">'
-        + "".join(f"<li>{e(s)}</li>" for s in headline(collected, cells_df, stable_df, layout))
-        + "</ul>",
     ]
+    said = headline(collected, cells_df, stable_df, layout)
+    parts.append(_html_bullets(said[:1], "h3"))
+    parts += _html_answer(collected, cells_df, stable_df, layout)
+    if len(said) > 1:
+        parts += [f'<h2 id="findings">{FINDINGS_HEADING}</h2>', _html_bullets(said[1:], "h3")]
     toc_at = len(parts)  # the table of contents: here, or after the answer table if later
     for sec in sections(collected, cells_df, stable_df, figures, layout):
         parts += _html_section(sec)
@@ -486,7 +555,8 @@ def write_documents(
     title: str = "seqbench report",
     layout: Layout | None = None,
 ) -> dict[str, Path]:
-    """Write runs.csv, cells.csv, lr_summary.csv, report.md and report.html into ``out_dir``.
+    """Write runs.csv, cells.csv, lr_summary.csv, answer.csv, report.md and report.html
+    into ``out_dir``.
 
     A ``stable_lr.csv`` left by a report of before lr_summary.csv is removed, so a
     re-rendered directory never shows the old table beside the new one. ``layout``: the
@@ -504,6 +574,11 @@ def write_documents(
     _atomic_write(paths["runs_csv"], _csv(runs_df))
     _atomic_write(paths["cells_csv"], _csv(cells_df))
     _atomic_write(paths["lr_summary_csv"], _csv(stable_df))
+    found = answers(collected.runs, cells_df, stable_df, layout)
+    paths["answer_csv"] = out / "answer.csv"
+    _atomic_write(paths["answer_csv"],
+                  _csv(pd.concat([a for _, a, _, _ in found], ignore_index=True)
+                       if found else pd.DataFrame()))
     (out / "stable_lr.csv").unlink(missing_ok=True)
     # the length axis: written only for runs that vary a length (and removed otherwise,
     # so a re-rendered directory never keeps a stale one)

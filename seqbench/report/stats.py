@@ -69,6 +69,11 @@ STAT_COLUMNS: tuple[str, ...] = (
     "clip_fraction",
     "tokens_per_second",
 )
+#: Columns :mod:`seqbench.report.cost` adds to the cells table (time to a target).
+COST_COLUMNS: tuple[str, ...] = ("target", "n_reached_target", "steps_to_target",
+                                 "tokens_to_target", "seconds_to_target")
+#: Every column of a cells table that is a statistic, not a config key.
+NOT_CONFIG_COLUMNS: frozenset[str] = frozenset({*STAT_COLUMNS, *COST_COLUMNS})
 
 #: Columns that lead a cells table (when present), because a reader scans them first.
 LEADING_KEYS: tuple[str, ...] = (TASK_COLUMN, "optim.name", "clip.method", "threshold", "optim.lr")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from seqbench.report import _format as fmt
@@ -57,6 +58,15 @@ def cells_note(metric: MetricInfo = BPC, success: bool = False) -> str:
             "completed runs checked against it and the runs that diverged (a diverged run did "
             "not meet it), with a 95% Wilson interval."
         )
+    text += (
+        " Time to target (AlgoPerf-style): the steps and seconds until the validation "
+        f"{metric.label} first reached the target column's value (by default 90% of the way "
+        "from the baseline to the best configuration of the same optimizer and model; "
+        "`report --target`), the median over the n runs, where a run that never reached it "
+        "or diverged counts as not reached (never as a number); k/n reached it. Validation "
+        "runs every trainer.eval_every steps, so a time is the first evaluation past the "
+        "target: the crossing lies within the interval before it."
+    )
     return text + " — means no value (nothing is imputed)."
 
 
@@ -180,11 +190,32 @@ def cells_table(cells_df: pd.DataFrame, metric: MetricInfo | None = None,
         row["median grad norm"] = fmt.num(r["grad_norm_pre_median"])
         row["clip fraction"] = fmt.num(r["clip_fraction"], 2)
         row["tokens/s"] = fmt.num(r["tokens_per_second"])
+        if "steps_to_target" in r:
+            row[TARGET_HEADER] = fmt.num(r.get("target"))
+            row[STEPS_HEADER] = _to_target(r, "steps_to_target")
+            row["seconds to target (median)"] = _to_target(r, "seconds_to_target", 1)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+TARGET_HEADER = "target"
+STEPS_HEADER = "steps to target (median, k/n reached)"
+
+
+def _to_target(r: dict, key: str, digits: int = 3) -> str:
+    """``500 (3/3)``; ``not reached (1/3)`` where the median run did not get there."""
+    if fmt.is_missing(r.get("target")) or not r["n"]:
+        return fmt.MISSING
+    k = f"({int(r['n_reached_target'])}/{int(r['n'])})"
+    v = r[key]
+    if key.startswith("steps"):
+        return f"{fmt.num(v)} {k}" if np.isfinite(v) else f"not reached {k}"
+    return f"{fmt.num(v, digits)}" if np.isfinite(v) else "not reached"
+
+
 _NUMERIC_HEADERS = {
+    TARGET_HEADER,
+    "seconds to target (median)",
     "n",
     "incomplete",
     "finished",

@@ -34,7 +34,7 @@ def _mean(opt: str, method: str, lr: float) -> float:
         4.0
         - 0.3 * math.log10(lr)
         + {"none": 0.0, "value": 0.05, "norm": 0.1}[method]
-        + (0.5 if opt == "adam" else 0.0),
+        + (0.05 if opt == "adam" else 0.0),
         6,
     )
 
@@ -266,9 +266,9 @@ def test_a_baseline_per_task_configuration_is_drawn_in_its_own_panels():
 def test_other_config_keys_become_panels_never_averaged():
     small = make_cells(**{"model.hidden_size": 32})
     big = make_cells(**{"model.hidden_size": 256})
-    big["final_val_metric_mean"] += 1.0
-    big["final_val_metric_lo"] += 1.0
-    big["final_val_metric_hi"] += 1.0
+    big["final_val_metric_mean"] -= 0.5
+    big["final_val_metric_lo"] -= 0.5
+    big["final_val_metric_hi"] -= 0.5
     both = pd.concat([small, big], ignore_index=True)
     plot = lr_curves(both)
     panels = _panels(plot.figure)
@@ -298,14 +298,14 @@ def test_configurations_no_facet_tells_apart_get_lines_of_their_own():
     table = make_cells()
     twin = table[table["optim.name"] == "sgd"].copy()
     for col in ("final_val_metric_mean", "final_val_metric_lo", "final_val_metric_hi"):
-        twin[col] += 2.0
+        twin[col] -= 0.5
     plot = lr_curves(pd.concat([table, twin], ignore_index=True))
     sgd = _panels(plot.figure)[1]
     lines = _lines(sgd, "mean")
     assert {"norm 1", "norm 1 #2"} <= set(lines)
     assert np.allclose(
         np.asarray(lines["norm 1 #2"].get_ydata(), float) - lines["norm 1"].get_ydata(),
-        2.0,
+        -0.5,
         equal_nan=True,
     )
 
@@ -410,3 +410,33 @@ def test_means_far_below_the_baseline_get_a_log_axis():
     assert {ax.get_yscale() for ax in _panels(plot.figure)} == {"log"}
     near = lr_curves(make_cells())  # bpc around a 4.8 baseline: linear, as before
     assert {ax.get_yscale() for ax in _panels(near.figure)} == {"linear"}
+
+
+def test_means_far_past_the_baseline_sit_at_the_edge_with_their_value():
+    """The y axis spans the informative range (issue 22): one exploded configuration at
+    40 bits/char must not flatten every other line onto the floor."""
+    table = make_cells()
+    far = (table["optim.name"] == "sgd") & (table["clip.method"] == "value") \
+        & (table["optim.lr"] == 10.0)
+    table.loc[far, ["final_val_metric_mean", "final_val_metric_lo",
+                    "final_val_metric_hi"]] = [40.0, 35.0, 45.0]
+    plot = lr_curves(table)
+    sgd = _panels(plot.figure)[1]
+    best = table["final_val_metric_mean"].min()
+    edge = BASELINE + 0.25 * (BASELINE - best)
+    lo, hi = sgd.get_ylim()
+    assert hi < 7  # the band sits above the data part, which ends at the edge
+    value = _lines(sgd, "mean")["value 0.5"]
+    assert np.isclose(np.asarray(value.get_ydata(), float)[-1], edge)
+    marks = [ln for ln in sgd.lines if ln.get_gid() == "beyond:value 0.5"]
+    assert len(marks) == 1 and marks[0].get_marker() == "^"
+    assert "40" in [t.get_text() for t in sgd.texts]
+    assert plot.data.loc[plot.data["beyond"], "mean"].tolist() == [40.0]
+    assert "drawn at the edge as a triangle, with its value written" in plot.caption
+    # every other mean is drawn at its value
+    other = _lines(sgd, "mean")["none"]
+    rows = table[(table["optim.name"] == "sgd") & (table["clip.method"] == "none")]
+    y = np.asarray(other.get_ydata(), float)
+    ok = ~np.isnan(y)
+    assert np.allclose(y[ok], rows.sort_values("optim.lr")["final_val_metric_mean"]
+                       .to_numpy(float)[ok])

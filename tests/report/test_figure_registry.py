@@ -19,6 +19,7 @@ from seqbench.rundir import BPC
 LENGTH_FIGURES = ("stability_map", "grad_norm_length", "seed_curves")
 REPORT_ORDER = (
     "lr_curves",
+    "cost_to_target",
     "stability_map",     # drawn only for runs that vary a sequence length
     "grad_norm_length",  # likewise
     "seed_curves",       # likewise, with a success criterion

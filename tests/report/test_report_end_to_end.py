@@ -16,10 +16,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_writes_every_file(report, sweep):
-    for key in ("report_md", "report_html", "runs_csv", "cells_csv", "lr_summary_csv"):
+    for key in ("report_md", "report_html", "runs_csv", "cells_csv", "lr_summary_csv",
+                "answer_csv"):
         assert report.paths[key].is_file() and report.paths[key].stat().st_size > 0
     assert set(report.figures) == {
         "lr_curves",
+        "cost_to_target",
         "divergence_heatmap",
         "bpc_heatmap",
         "loss_curves",
@@ -124,7 +126,7 @@ def test_input_errors(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "skipped"),
     [
-        ({"stability": 1e-4}, {"bpc_heatmap", "frontier"}),  # every run diverged
+        ({"stability": 1e-4}, {"bpc_heatmap", "frontier", "cost_to_target"}),  # all diverged
         ({"lrs": (0.1,)}, set()),  # one learning rate only
         ({"clips": (("none", None), ("value", 1.0))}, set()),  # no norm runs
         ({"clips": (("norm", 1.0),), "optimizers": ("adam",)}, set()),  # no unclipped baseline
@@ -161,6 +163,7 @@ def test_only_corrupt_runs(tmp_path):
     assert res.n_corrupt == 1 and res.n_runs == 0 and not res.figures
     assert set(res.skipped) == {
         "lr_curves",
+        "cost_to_target",
         "divergence_heatmap",
         "bpc_heatmap",
         "loss_curves",

@@ -191,7 +191,8 @@ def test_make_figures_skips_with_notes_when_nothing_finished(tmp_path):
     (tmp_path / "figs" / "bpc_heatmap.png").write_bytes(b"stale")
     out = make_figures(res.runs, c, lr_summary(c), sw.root, tmp_path / "figs")
     notes = {f.name: f.note for f in out if f.path is None}
-    assert set(notes) == {"bpc_heatmap", "frontier", "param_grad_norms"}  # no param files
+    # no param files; no target where nothing finished
+    assert set(notes) == {"bpc_heatmap", "frontier", "param_grad_norms", "cost_to_target"}
     assert all(n.startswith("skipped:") for n in notes.values())
     assert not (tmp_path / "figs" / "bpc_heatmap.png").exists()
     assert {f.name for f in out if f.path is not None} == {

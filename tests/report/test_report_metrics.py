@@ -370,7 +370,8 @@ def test_mixed_report_has_one_set_of_figures_per_task(mixed_report):
     assert set(mixed_report.figures) == {
         f"{kind}-{task}"
         for task in ("adding", "synthetic_chars")  # task names made safe for file names
-        for kind in ("lr_curves", "divergence_heatmap", "loss_curves", "grad_norms", "frontier")
+        for kind in ("lr_curves", "cost_to_target", "divergence_heatmap", "loss_curves",
+                     "grad_norms", "frontier")
     } | {"mse_heatmap-adding", "bpc_heatmap-synthetic_chars", "param_grad_norms-adding"}
     fig_dir = mixed_report.out_dir / "figures"
     assert not (fig_dir / "frontier.png").exists() and (fig_dir / "notes.png").exists()

@@ -100,8 +100,12 @@ def report(tmp_path_factory):
 
 
 def headline(report: Path) -> list[str]:
+    """The sentences before the first section: the run counts, then (after the Answer)
+    the Findings, grouped under a heading per context."""
     md = (report / "report.md").read_text()
-    return [line[2:] for line in md.split("\n## ")[0].splitlines() if line.startswith("- ")]
+    parts = md.split("\n## ")
+    top = [parts[0], *[p for p in parts[1:] if p.startswith(("Answer\n", "Findings\n"))]]
+    return [line[2:] for part in top for line in part.splitlines() if line.startswith("- ")]
 
 
 def sentence(report: Path, start: str) -> str:
@@ -123,8 +127,21 @@ def test_finite_and_trained_are_separate_claims_with_counts(report):
 def test_the_clip_setting_that_most_raises_the_largest_trained_lr_is_named(report):
     assert sentence(report, "For SGD, global norm clipping") == (
         "For SGD, global norm clipping at 1 raised the largest learning rate at which every "
-        "seed trained from 1 to 16 (16×, 2 of 2 seeds there), the largest rate tried (the "
-        "limit may be higher).")
+        "seed trained from 1 to 16 (2 grid steps: a factor of more than 4×; 2 of 2 seeds "
+        "there), the largest rate tried (the limit may be higher).")
+
+
+def test_a_gain_read_off_the_grid_is_said_as_the_bound_it_is():
+    """Issue 22: "from 4 to 16 (4×)" on a ×4 grid is one grid step, a factor between just
+    over 1× and just under 16×; at the grid's top there is no upper bound."""
+    from seqbench.report.sentences.verdicts import grid_steps
+
+    grid = [1, 4, 16, 64]
+    assert grid_steps(4, 16, grid) == ("one grid step: the limits lie between grid points, "
+                                       "so a factor between just over 1× and just under 16×")
+    assert grid_steps(1, 16, grid) == ("2 grid steps: the limits lie between grid points, so "
+                                       "a factor between more than 4× and just under 64×")
+    assert grid_steps(16, 64, grid) == "one grid step: a factor of just over 1×"
 
 
 def test_a_configuration_where_every_run_made_no_progress_did_not_learn(report):
@@ -158,7 +175,7 @@ def test_the_least_lr_sensitive_setting_is_named_with_its_interval(report):
                r"sensitivity "
                r"(\S+) \(95% bootstrap interval (\S+)–(\S+)\) nats over 3 learning rates "
                r"\(at least 2 seeds each\); without clipping (\S+) \(95% bootstrap interval "
-               r"(\S+)–(\S+)\)\. ")
+               r"(\S+)–(\S+)\); its interval is clear of every other setting's\. ")
     m = re.match(pattern, text)
     assert m, text
     shown = [float(x) for x in m.groups()]

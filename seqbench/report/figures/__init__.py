@@ -59,6 +59,7 @@ from seqbench.report.figures.registry import (
 # isort: off
 # Registration order is report order: keep these imports in the order of the report.
 import seqbench.report.figures.lr_curves  # noqa: F401 (registers the figure)
+import seqbench.report.figures.cost_to_target  # noqa: F401
 import seqbench.report.figures.stability_map  # noqa: F401
 import seqbench.report.figures.grad_norm_length  # noqa: F401
 import seqbench.report.figures.seed_curves  # noqa: F401

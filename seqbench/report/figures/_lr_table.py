@@ -176,22 +176,19 @@ class Grid:
 
 def panel_grid(df: pd.DataFrame) -> Grid:
     """One panel per optimizer and facet values that have cells (an optimizer never gets
-    an empty panel for a setting only another optimizer has), optimizer by optimizer;
-    one row per optimizer when there are facets, else the optimizers side by side. More
-    than MAX_PANELS would not be readable: those left out are counted in title and
-    caption."""
+    an empty panel for a setting only another optimizer has), optimizer by optimizer, in
+    reading order with no empty place between them: as many columns (up to 4, or 5 where
+    that fills every row) as leave the fewest empty places at the end. More than
+    MAX_PANELS would not be readable: those left out are counted in title and caption."""
     pairs = sorted(set(zip(df["optim"], df["facet"], strict=True)),
                    key=lambda p: (p[0], _facet_sort_key(p[1])))
     shown = pairs[:MAX_PANELS]
-    per_opt = max(sum(1 for p in shown if p[0] == o) for o in {p[0] for p in shown})
-    if per_opt == 1:  # no facets: the optimizers side by side
-        return Grid(list(shown), min(4, len(shown)), len(pairs) - len(shown))
-    ncols = min(4, per_opt)
-    slots: list[tuple[str, tuple] | None] = []
-    for opt in sorted({p[0] for p in shown}):
-        mine = [p for p in shown if p[0] == opt]
-        slots += mine + [None] * (-len(mine) % ncols)
-    return Grid(slots, ncols, len(pairs) - len(shown))
+    n = len(shown)
+    if n <= 4:
+        ncols = max(n, 1)
+    else:  # the fewest empty places after the last panel; ties: the first of these
+        ncols = min((4, 3, 5), key=lambda c: (-n % c, (4, 3, 5).index(c)))
+    return Grid(list(shown), ncols, len(pairs) - len(shown))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ from seqbench.report.tables import row_key
 from seqbench.report.task_groups import BPC, MetricInfo, TaskGroup, metric_of, split_by_task
 
 
+class Heading(str):
+    """A heading among a report's sentences: the context (optimizer, model, ...) the
+    sentences after it are about, up to the next heading. Renderers make it a heading;
+    anything that just reads the sentences sees a plain string."""
+
+
 def context_name(rec: dict, cols: Sequence[str]) -> str:
     """``SGD``, ``SGD with momentum 0.9 on the tanh RNN``, ``Adam (model.hidden_size=64)``."""
     name = fmt.optimizer(rec.get("optim.name")) if "optim.name" in cols else "the model"
@@ -83,9 +89,17 @@ def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricIn
         else ""
     )
     word = "lowest" if metric.lower_is_better else "highest"
+    facets = _layout(cells_df, layout).facets
+    tied = [r for i, r in enumerate(fin.to_dict("records"))
+            if i != best and r[col] == rec[col]]
+    if tied:  # the very same mean (the same runs: a threshold that never triggered)
+        names = fmt.join([_setting_phrase(r, facets) for r in [rec, *tied]])
+        return (f"The {word} mean final validation {label}, {text}, was shared exactly by "
+                f"{names} ({int(rec['n_finished'])} of {int(rec['n'])} seeds finished "
+                f"each{caveat}): the same result, so neither is the winner.")
     return (
         f"The {word} mean final validation {label} was {text}, with "
-        f"{_setting_phrase(rec, _layout(cells_df, layout).facets)} "
+        f"{_setting_phrase(rec, facets)} "
         f"({int(rec['n_finished'])} of {int(rec['n'])} seeds finished{caveat})."
     )
 
@@ -185,6 +199,7 @@ def task_sentences(
     counts = verdicts.outcome_counts(cells_rec, metric)
     if counts:
         out.append(counts)
+    grouped: list[str] = []  # a heading per context, its sentences under it; after the rest
     if not stable_df.empty and "clip.method" in stable_df.columns:
         ctx_cols = list(layout.context)
         contexts: dict[tuple, list[dict]] = {}
@@ -194,8 +209,12 @@ def task_sentences(
         for ctx, recs in contexts.items():
             ctx_cells = [c for c in cells_rec if row_key(c, cell_cols) == ctx]
             name = context_name(recs[0], ctx_cols)
-            said = any("LR sensitivity is the mean excess" in s for s in out)
-            out += verdicts.context_sentences(name, recs, ctx_cells, metric, define=not said)
+            said = any("LR sensitivity is the mean excess" in s for s in grouped)
+            said_here = verdicts.context_sentences(name, recs, ctx_cells, metric,
+                                                   define=not said)
+            if said_here:
+                head = name[0].upper() + name[1:]
+                grouped += [Heading(head), *said_here]
     dead = verdicts.not_learned(cells_rec, layout.facets, _setting_phrase, metric)
     if dead:
         out.append(dead)
@@ -210,7 +229,7 @@ def task_sentences(
     success = _success_sentence(cells_df, group, layout)
     if success:
         out.append(success)
-    return out
+    return out + grouped
 
 
 def headline(
@@ -224,6 +243,7 @@ def headline(
     """
     runs = collected.runs
     out: list[str] = []
+    grouped: list[str] = []
     n_completed, n_diverged = _counts(runs)
     n_incomplete, n_corrupt = len(collected.incomplete), len(collected.corrupt)
     with_runs = cells_df[cells_df["n"] > 0] if not cells_df.empty else cells_df
@@ -246,8 +266,12 @@ def headline(
         )
     else:
         group = groups[0][0] if groups else None
-        out += task_sentences(runs, cells_df, stable_df, group,
-                              layout.within(cells_df) if layout is not None else None)
+        findings = task_sentences(runs, cells_df, stable_df, group,
+                                  layout.within(cells_df) if layout is not None else None)
+        first = next((i for i, s in enumerate(findings) if isinstance(s, Heading)),
+                     len(findings))
+        out += findings[:first]
+        grouped = findings[first:]  # the context groups go last, after the general notes
 
     if not with_runs.empty:
         n_typ = int(with_runs["n"].mode().iloc[0])
@@ -281,7 +305,7 @@ def headline(
             f"file (param_metrics.parquet) still count{'s' if n_damaged == 1 else ''} "
             "everywhere but in the per-layer figure; listed at the end."
         )
-    return out
+    return out + (grouped if len(groups) <= 1 else [])
 
 
 DAMAGED_HEADING = "Runs with an unreadable per-parameter file"

@@ -78,8 +78,26 @@ def best_clipped(recs: Sequence[dict], score_at) -> dict | None:
                                        score_at(r, r["largest_trained_lr"]), -finite(r)))
 
 
+def grid_steps(a: float, b: float, grid: Sequence[float]) -> str:
+    """A gain read off grid points, said as the bound it is: ``one grid step: a factor
+    between just over 1× and just under 16×``. Each largest-that-trained lies somewhere
+    below the next grid point up, so the true factor is between b / next(a) and
+    next(b) / a (no upper bound when b is the grid's top)."""
+    g = sorted(set(float(v) for v in grid))
+    if a not in g or b not in g:
+        return f"{b / a:.3g}× on the grid"
+    k = g.index(b) - g.index(a)
+    steps = f"{'one grid step' if k == 1 else f'{k} grid steps'}"
+    low = b / g[g.index(a) + 1]
+    low_text = "just over 1×" if low == 1 else f"more than {low:.3g}×"
+    if g.index(b) + 1 < len(g):
+        return (f"{steps}: the limits lie between grid points, so a factor between "
+                f"{low_text} and just under {g[g.index(b) + 1] / a:.3g}×")
+    return f"{steps}: a factor of {low_text}"
+
+
 def trained_lr_gain(name: str, recs: Sequence[dict], best: dict | None,
-                    max_lr: float) -> str | None:
+                    max_lr: float, grid: Sequence[float] = ()) -> str | None:
     """The clip setting that most raises the largest lr at which every seed trained."""
     base = [r for r in recs if r["clip.method"] == "none"]
     clipped = [r for r in recs if r["clip.method"] != "none"
@@ -109,20 +127,27 @@ def trained_lr_gain(name: str, recs: Sequence[dict], best: dict | None,
     if b_lr > a_lr:
         return (f"For {name}, {_phrase(best)} raised the largest learning rate at which "
                 f"every seed trained from {fmt.lr(a_lr)} to {fmt.lr(b_lr)} "
-                f"({b_lr / a_lr:.3g}×, {n} seeds there){tail}.")
+                f"({grid_steps(a_lr, b_lr, grid)}; {n} seeds there){tail}.")
     return (f"For {name}, no clip setting raised the largest learning rate at which every "
             f"seed trained above {fmt.lr(a_lr)}, the unclipped value{_edge(a_lr, max_lr)}.")
 
 
+#: LR sensitivity is ranked only over this many learning rates or more: over two, one
+#: bad rate decides it (it is still shown in the table).
+MIN_RANK_LRS = 3
+
+
 def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC,
                     define: bool = True) -> str | None:
-    """The setting whose final loss depends least on the lr, with its interval;
-    ``define``: say what LR sensitivity is (once per report is enough)."""
-    have = [r for r in recs if not fmt.is_missing(r["lr_sensitivity"]) and r["n_lrs"] >= 2]
+    """The setting whose final loss depends least on the lr, with its interval, and
+    whether that interval overlaps each other setting's (no clipping included); an exact
+    tie names no winner. ``define``: say what LR sensitivity is (once per report)."""
+    have = [r for r in recs if not fmt.is_missing(r["lr_sensitivity"])
+            and r["n_lrs"] >= MIN_RANK_LRS]
     if len(have) < 2:
         return None
     have.sort(key=lambda r: r["lr_sensitivity"])
-    best, runner = have[0], have[1]
+    best = have[0]
     unit = "nats" if metric.is_text else "in the task's loss"
 
     def val(r: dict) -> str:
@@ -133,23 +158,33 @@ def least_sensitive(name: str, recs: Sequence[dict], metric: MetricInfo = BPC,
             return f"{m} (95% bootstrap interval {a}–{b})"
         return text
 
-    none = [r for r in have if r["clip.method"] == "none" and r is not best]
-    versus = f"; without clipping {val(none[0])}" if none else ""
-    overlap = ""
-    hi, lo = best["lr_sensitivity_hi"], runner["lr_sensitivity_lo"]
-    if not (fmt.is_missing(hi) or fmt.is_missing(lo)) and hi >= lo:
-        if runner["clip.method"] == "none":
-            overlap = "; the two intervals overlap, so the order of the two is not settled"
-        else:
-            overlap = (f"; its interval overlaps that of {_phrase(runner)} "
-                       f"({fmt.num(runner['lr_sensitivity'])}), so the order of the two is "
-                       "not settled")
     definition = (" LR sensitivity is the mean excess of the final validation loss over the "
                   "grid's best (Wortsman et al. 2023); a diverged run counts at its initial "
                   "loss." if define else "")
+    n = (f"over {fmt.num(best['n_lrs'])} learning rates (at least "
+         f"{fmt.num(best['n_seeds'])} seeds each)")
+    tied = [r for r in have[1:] if r["lr_sensitivity"] == best["lr_sensitivity"]]
+    if tied:
+        names = fmt.join([_phrase(r) for r in [best, *tied]])
+        return (f"For {name}, the least LR-sensitive settings were {names}, tied at "
+                f"{val(best)} {unit} {n}: no one of them is the winner.{definition}")
+    others = have[1:]
+    hi = best["lr_sensitivity_hi"]
+    overlap = [r for r in others if fmt.is_missing(hi) or fmt.is_missing(r["lr_sensitivity_lo"])
+               or hi >= r["lr_sensitivity_lo"]]
+    clear = [r for r in others if r not in overlap]
+    none = [r for r in others if r["clip.method"] == "none"]
+    versus = f"; without clipping {val(none[0])}" if none else ""
+    if not overlap:
+        verdict = "; its interval is clear of every other setting's"
+    else:
+        listed = fmt.join([f"{_phrase(r)} ({fmt.num(r['lr_sensitivity'])})" for r in overlap])
+        verdict = (f"; its interval overlaps that of {listed}, so the order of "
+                   f"{'the two' if len(overlap) == 1 else 'these'} is not settled")
+        if clear:
+            verdict += (f", and is clear of {fmt.join([_phrase(r) for r in clear])}")
     return (f"For {name}, the least LR-sensitive setting was {_phrase(best)}: LR sensitivity "
-            f"{val(best)} {unit} over {fmt.num(best['n_lrs'])} learning rates "
-            f"(at least {fmt.num(best['n_seeds'])} seeds each){versus}{overlap}.{definition}")
+            f"{val(best)} {unit} {n}{versus}{verdict}.{definition}")
 
 
 def not_learned(cells: Sequence[dict], extra: Sequence[str], setting_phrase,
@@ -222,7 +257,8 @@ def context_sentences(name: str, recs: list[dict], ctx_cells: list[dict],
         none_cells = [c for c in ctx_cells if c.get("clip.method") == "none"]
         out.append(finite_vs_trained(name, base[0], none_cells, max_lr, metric))
     best = best_clipped(recs, score_at)
-    gain = trained_lr_gain(name, recs, best, max_lr)
+    grid = sorted({c["optim.lr"] for c in ctx_cells})
+    gain = trained_lr_gain(name, recs, best, max_lr, grid)
     if gain:
         out.append(gain)
     counts = divergence_counts(name, best, ctx_cells)

@@ -1,0 +1,117 @@
+"""The Answer table and the time to a target (issue 22), against values worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqbench.report.answer import answer_pivot, answer_table
+from seqbench.report.cost import _median_or_inf, context_targets, parse_target
+from seqbench.report.layout import Layout
+from seqbench.report.lr_summary import lr_summary
+from seqbench.report.sentences.verdicts import least_sensitive
+
+
+def cell(method, thr, lr, mean, half=0.02, n=3, div=0, opt="sgd"):
+    fin = n - div
+    return {"task.name": "t", "optim.name": opt, "clip.method": method, "threshold": thr,
+            "optim.lr": lr, "n": n, "n_incomplete": 0, "n_finished": fin, "n_diverged": div,
+            "divergence_rate": div / n, "n_trained": fin if mean < 4.8 else 0,
+            "n_no_progress": 0 if mean < 4.8 else fin, "metric": "bpc",
+            "metric_unit": "bits/char", "metric_lower_is_better": True,
+            "final_val_metric_mean": mean if fin else math.nan,
+            "final_val_metric_lo": mean - half if fin else math.nan,
+            "final_val_metric_hi": mean + half if fin else math.nan,
+            "baseline_val_metric": 4.81}
+
+
+def table(rows):
+    df = pd.DataFrame(rows)
+    df.insert(0, "cell", range(len(df)))
+    return df
+
+
+def test_best_in_row_needs_an_interval_clear_of_every_other():
+    cells_df = table([
+        cell("none", math.nan, 1, 2.60), cell("none", math.nan, 4, 9.0, div=3),
+        cell("norm", 1.0, 1, 2.50), cell("norm", 1.0, 4, 2.40),   # best: 2.40 ± 0.02
+        cell("value", 0.5, 1, 2.45), cell("value", 0.5, 4, 2.55),  # 2.45 ± 0.02: clear
+    ])
+    layout = Layout.of(None, cells_df)
+    ans = answer_table(cells_df, lr_summary(cells_df), layout)
+    by = ans.set_index("clip.method")
+    assert by.loc["norm", "best_metric_mean"] == 2.40 and by.loc["norm", "best_metric_lr"] == 4
+    assert by.loc["none", "best_metric_lr"] == 1  # lr 4 diverged: not a candidate
+    assert by.loc["none", "largest_trained_lr"] == 1 and by.loc["norm", "largest_trained_lr"] == 4
+    assert by.loc["norm", "best_in_row"] and not by.loc[["none", "value"], "best_in_row"].any()
+    # widen value's interval until it touches norm's: no winner
+    wide = cells_df.copy()
+    wide.loc[wide["clip.method"] == "value", "final_val_metric_lo"] -= 0.04
+    ans2 = answer_table(wide, lr_summary(wide), Layout.of(None, wide))
+    assert not ans2["best_in_row"].any()
+    pivot = answer_pivot(ans, layout)
+    assert sorted(pivot.columns) == ["context", "none", "norm 1", "value 0.5"]
+    assert pivot.loc[0, "norm 1"] == "lr 4 · ★ 2.40 [2.38, 2.42] at 4"
+    assert pivot.loc[0, "none"] == "lr 1 · 2.60 [2.58, 2.62] at 1"
+
+
+def test_an_exact_tie_is_shared_not_awarded():
+    cells_df = table([cell("none", math.nan, 1, 2.40), cell("norm", 1.0, 1, 2.40),
+                      cell("value", 0.5, 1, 3.0)])
+    ans = answer_table(cells_df, lr_summary(cells_df), Layout.of(None, cells_df))
+    by = ans.set_index("clip.method")
+    assert not by["best_in_row"].any()
+    assert by.loc["none", "tie_in_row"] and by.loc["norm", "tie_in_row"]
+    assert not by.loc["value", "tie_in_row"]
+
+
+def test_time_to_target_median_counts_not_reached_as_not_reached():
+    assert _median_or_inf(np.array([100.0, 300.0, 200.0]), 3) == 200.0
+    assert _median_or_inf(np.array([100.0, 200.0]), 3) == 200.0  # 1 of 3 missed
+    assert _median_or_inf(np.array([100.0]), 3) == math.inf      # 2 of 3 missed
+    assert _median_or_inf(np.array([100.0]), 2) == math.inf      # half: not reached
+    assert _median_or_inf(np.array([]), 0) != _median_or_inf(np.array([]), 0)  # NaN
+
+
+def test_the_default_target_is_90_percent_of_the_way_to_the_context_best():
+    cells_df = table([cell("none", math.nan, 1, 2.81), cell("norm", 1.0, 1, 2.0),
+                      cell("norm", 1.0, 4, 1.0, div=1),  # diverged seeds: not the best
+                      cell("none", math.nan, 1, 3.81, opt="adam")])
+    t = context_targets(cells_df, ["optim.name"])
+    assert t.iloc[0] == pytest.approx(4.81 - 0.9 * (4.81 - 2.0))
+    assert t.iloc[3] == pytest.approx(4.81 - 0.9 * (4.81 - 3.81))  # its own context
+    assert context_targets(cells_df, ["optim.name"], 3.5).tolist() == [3.5] * 4
+    assert context_targets(cells_df, ["optim.name"], "0.5").iloc[0] == pytest.approx(3.405)
+    assert parse_target("90%") == "0.9" and parse_target("2.6") == 2.6
+    with pytest.raises(ValueError):
+        parse_target("150%")
+
+
+def test_lr_sensitivity_over_two_rates_is_not_ranked_and_overlaps_are_named():
+    def rec(method, thr, s, lo, hi, n_lrs=3):
+        return {"clip.method": method, "threshold": thr, "lr_sensitivity": s,
+                "lr_sensitivity_lo": lo, "lr_sensitivity_hi": hi, "n_lrs": n_lrs, "n_seeds": 3}
+
+    two = [rec("none", math.nan, 0.5, 0.4, 0.6, 2), rec("norm", 1.0, 0.3, 0.2, 0.4, 2)]
+    assert least_sensitive("SGD", two) is None
+    three = [rec("none", math.nan, 0.8, 0.6, 1.1), rec("norm", 1.0, 0.64, 0.63, 0.66),
+             rec("value", 0.5, 0.9, 0.85, 0.95)]
+    text = least_sensitive("SGD", three, define=False)
+    assert "its interval overlaps that of no clipping (0.8), so the order of the two is " \
+        "not settled, and is clear of value clipping at 0.5" in text
+    tie = [rec("none", math.nan, 0.5, 0.4, 0.6), rec("norm", 1.0, 0.5, 0.4, 0.6)]
+    assert "tied at" in least_sensitive("SGD", tie) and "no one of them is the winner" in \
+        least_sensitive("SGD", tie)
+
+
+@pytest.mark.parametrize("bad", ["abc", "120%", "0%", "nan"])
+def test_a_bad_target_is_one_line_and_exit_2(tmp_path, capsys, bad):
+    from seqbench.cli import main
+
+    assert main(["report", str(tmp_path), "--target", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"seqbench: error: --target={bad}: ")
+    assert not (tmp_path / "report.md").exists()
