@@ -235,8 +235,8 @@ class SeqbenchSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sw.write_sweep_file(sweep_dir, self.preset, arguments)
         batch = self.max_batch_size or self._default_batch(len(todo))
-        if k > 1:  # whole bundles per launcher call
-            batch = max(k, batch // k * k)
+        if k > 1:  # whole bundles per launcher call (submitit: one job array for all)
+            batch = -(-batch // k) * k
         returns = []
         with SweepProgress(len(todo)) as progress:
             for start in range(0, len(todo), batch):
