@@ -429,9 +429,10 @@ def render_html(
     said = headline(collected, cells_df, stable_df, layout)
     parts.append(_html_bullets(said[:1], "h3"))
     parts += _html_answer(collected, cells_df, stable_df, layout)
+    # the table of contents after the answer (which stays in the first screen)
+    toc_at = len(parts)
     if len(said) > 1:
         parts += [f'<h2 id="findings">{FINDINGS_HEADING}</h2>', _html_bullets(said[1:], "h3")]
-    toc_at = len(parts)  # the table of contents: here, or after the answer table if later
     for sec in sections(collected, cells_df, stable_df, figures, layout):
         parts += _html_section(sec)
     inc, cor = _problem_items(collected)
@@ -455,10 +456,6 @@ def render_html(
             "<ul>" + "".join(f"<li><code>{p(d)}</code> — {p(s)}</li>" for d, s in damaged)
             + "</ul>"
         )
-    answer = next((i for i, x in enumerate(parts) if 'id="answer-table"' in x), None)
-    if answer is not None:  # the answer stays in the first screen: the contents come after it
-        end = next((i for i in range(answer, len(parts)) if "</table>" in parts[i]), answer)
-        toc_at = max(toc_at, end + 1)
     parts.insert(toc_at, _html_toc(parts))
     parts.append(f"<script>{_SORT_JS}</script>")
     parts.append("</body></html>")
