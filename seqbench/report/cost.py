@@ -69,7 +69,7 @@ def context_targets(cells_df: pd.DataFrame, context: Sequence[str],
     sign = np.where(lower, 1.0, -1.0)
     mean = pd.to_numeric(cells_df["final_val_metric_mean"], errors="coerce") * sign
     clean = (cells_df["n"] > 0) & (cells_df["n_diverged"] == 0) & mean.notna()
-    keys = [c for c in ("task.name", "metric", *context) if c in cells_df.columns]
+    keys = [c for c in dict.fromkeys(("task.name", "metric", *context)) if c in cells_df.columns]
     # repr: config values may be lists or dicts (unhashable), and NaN never equals itself
     groups = pd.Series([repr(row_key(r, keys)) for r in cells_df[keys].to_dict("records")],
                        index=cells_df.index)

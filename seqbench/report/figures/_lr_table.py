@@ -174,6 +174,25 @@ class Grid:
         return keys.isin(set(self.panels))
 
 
+#: A panel title longer than this goes on two or more lines (titles of neighbouring
+#: panels ran into each other with the length axis's facets).
+TITLE_WIDTH = 34
+
+
+def panel_title(opt: str, facets: Sequence[str], frow: tuple) -> str:
+    """``SGD · LSTM`` / ``task.batch_size=2 · task.seq_len=2048``: the optimizer and the
+    facet values, broken between parts so that no line passes TITLE_WIDTH."""
+    parts = [fmt.optimizer(opt), *[fmt.setting(k, v) for k, v in zip(facets, frow, strict=True)
+                                   if not fmt.is_missing(v)]]
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 3 + len(part) > TITLE_WIDTH:
+            lines.append(part)
+        else:
+            lines[-1] += f" · {part}"
+    return "\n".join(lines)
+
+
 def panel_grid(df: pd.DataFrame) -> Grid:
     """One panel per optimizer and facet values that have cells (an optimizer never gets
     an empty panel for a setting only another optimizer has), optimizer by optimizer, in

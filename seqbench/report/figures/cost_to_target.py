@@ -27,6 +27,7 @@ from seqbench.report.figures._lr_table import (
     figure_table,
     line_styles,
     panel_grid,
+    panel_title,
 )
 from seqbench.report.figures.registry import FigureInput, register
 from seqbench.report.task_groups import MetricInfo
@@ -85,9 +86,9 @@ def cost_to_target(cells_df: pd.DataFrame, metric: MetricInfo,
                 for t in ax.get_xticklabels():
                     t.set_rotation(40)
                     t.set_horizontalalignment("right")
-            extra = [fmt.setting(k, v) for k, v in zip(facets, frow, strict=True)
-                     if not fmt.is_missing(v)]
-            ax.set_title(" · ".join([fmt.optimizer(opt), *extra]), fontsize=9)
+            ax.set_title(panel_title(opt, facets, frow), fontsize=9)
+            ratio = (lrs[-1] / lrs[0]) ** 0.08 if lrs[-1] > lrs[0] else 1.8
+            ax.set_xlim(lrs[0] / ratio, lrs[-1] * ratio)
             ax.axhline(miss_y, color="0.6", lw=0.6, ls=":")
             if i % grid.ncols == 0:
                 ax.set_ylabel("steps to target\n(median over seeds)")

@@ -55,6 +55,7 @@ from seqbench.report.figures._lr_table import (
     line_styles,
     panel_baselines,
     panel_grid,
+    panel_title,
     setting_styles,
     shared_y_axis,
     write_caption,
@@ -199,11 +200,14 @@ def _draw(df: pd.DataFrame, grid: Grid, fr: _Frame) -> tuple[Figure, list[dict],
             used += panel_used
             cut = cut or panel_cut
             rows += _panel_rows(sub, fr, opt, frow)
-            _name_panel(ax, fr, opt, frow, lrs, bottom=below is None, left=c == 0)
+            _name_panel(ax, fr, opt, frow, lrs, bottom=below is None,
+                        left=c == 0 and nrows == 1)
             _lr_axis([ax], lrs)
         for i in range(len(grid.slots), nrows * ncols):
             axes.flat[i].set_visible(False)
         _set_y_axis(axes[0, 0], fr.y)
+        if nrows > 1:  # one label for the shared axis: a label per row ran into the next
+            fig.supylabel(_y_label(fr), fontsize=10)
         _legend(fig, fr, used, base_label)
         suffix = f" ({grid.omitted} more panels not shown)" if grid.omitted else ""
         fig.suptitle(f"Final validation {fr.metric.label} vs learning rate{suffix}")
@@ -319,15 +323,17 @@ def _name_panel(
     ax, fr: _Frame, opt: str, frow: tuple, lrs: list[float], bottom: bool, left: bool
 ) -> None:
     """Title (optimizer and facet values); x label on the bottom row, y label on the left."""
-    extra = [fmt.setting(k, v) for k, v in zip(fr.facets, frow, strict=True)
-             if not fmt.is_missing(v)]
-    ax.set_title(" · ".join([fmt.optimizer(opt), *extra]))
+    ax.set_title(panel_title(opt, fr.facets, frow))
     if bottom:
         scale = ", log scale" if all(v > 0 for v in lrs) else ""
         ax.set_xlabel(f"learning rate (optim.lr{scale})")
     if left:
-        note = "log scale" if fr.y.log else ""
-        ax.set_ylabel(fr.metric.axis(suffix=", mean of completed runs", note=note, wrap=True))
+        ax.set_ylabel(_y_label(fr))
+
+
+def _y_label(fr: _Frame) -> str:
+    note = "log scale" if fr.y.log else ""
+    return fr.metric.axis(suffix=", mean of completed runs", note=note, wrap=True)
 
 
 def _lr_axis(column: Sequence, lrs: list[float]) -> None:
