@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -74,10 +75,27 @@ def run_bundles(preset: str, k: int, overrides: list[str], workdir: Path) -> dic
     r = run_sweep(preset, "slurm_local", [*overrides, *extra], workdir)
     from seqbench.sweep import sweep_dir_name
 
-    folders = (workdir / "runs" / sweep_dir_name(preset, overrides) / ".submitit").glob("*")
+    # submitit's folders: one per array task (JOBID_TASK), plus one for the array itself
+    runs = workdir / "runs" / sweep_dir_name(preset, overrides)
+    folders = (runs / ".submitit").glob("*")
     r.update(k=k, cpus_per_task=k, runs_per_hour=r["jobs"] * 3600 / r["wall_s"],
-             tasks=sum(1 for f in folders if f.name.replace("_", "").isdigit()))
+             tasks=sum(1 for f in folders if re.fullmatch(r"\d+_\d+", f.name)),
+             mates_wait_s=bundle_mates_wait(runs))
     return r
+
+
+def bundle_mates_wait(runs: Path) -> float:
+    """Core-seconds the runs' cores sat idle waiting for a slower run of the same task:
+    a task (and its cores) ends with its last run. 0 at K=1."""
+    from omegaconf import OmegaConf
+
+    ends: dict[str, list[float]] = {}
+    for p in runs.glob("*/summary.json"):
+        ended = json.loads(p.read_text()).get("timing", {}).get("ended_at")
+        task = OmegaConf.load(p.parent / ".hydra" / "hydra.yaml").hydra.job.id
+        if ended is not None:
+            ends.setdefault(str(task), []).append(ended)
+    return sum(max(e) - x for e in ends.values() for x in e)
 
 
 def render_bundles(doc: dict[str, Any]) -> str:
@@ -88,7 +106,8 @@ def render_bundles(doc: dict[str, Any]) -> str:
              f"{m['cpu_count']} CPU cores ({m['processor']}), torch {m['torch']}, Python "
              f"{m['python']}, {m['platform']}; measured {doc['date']}.", "",
              f"Produced by `python -m seqbench bench sweep --preset {doc['preset']} --bundles "
-             + " ".join(str(r["k"]) for r in rows)
+             + " ".join(str(k) for k in doc["ks"])
+             + (f" --repeat {doc['repeat']}" if doc["repeat"] > 1 else "")
              + (" " + " ".join(doc["overrides"]) if doc["overrides"] else "") + "` with "
              "scripts/slurm/up.sh's cluster running: the whole sweep from scratch through "
              "`hydra/launcher=slurm_local` once per K (`hydra.launcher.runs_per_gpu=K`, "
@@ -97,14 +116,24 @@ def render_bundles(doc: dict[str, Any]) -> str:
              "so this measures what bundling costs, not what a GPU gains "
              "(reports/bench/packing-nvidia-h200.md).", "",
              "| K runs per task | jobs | array tasks | wall time (s) | runs per hour | vs K=1 "
-             "| time in the runs' loops (s) | torch threads per run | outcomes |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    base = rows[0]["wall_s"] if rows else None
+             "| time in the runs' loops (s) | cores idle waiting for a bundle-mate (s) "
+             "| torch threads per run | outcomes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    walls: dict[int, list[float]] = {}
+    for r in rows:
+        walls.setdefault(r["k"], []).append(r["wall_s"])
+    base = statistics.median(walls.get(1) or [rows[0]["wall_s"]]) if rows else None
     for r in rows:
         lines.append(f"| {r['k']} | {r['jobs']} | {r['tasks']} | {r['wall_s']:.1f} | "
                      f"{r['runs_per_hour']:.0f} | {base / r['wall_s']:.2f}x | "
-                     f"{r['run_loop_s']:.1f} | {r['threads_per_run']} | "
+                     f"{r['run_loop_s']:.1f} | {r.get('mates_wait_s', 0):.1f} | "
+                     f"{r['threads_per_run']} | "
                      f"{', '.join(f'{k} {v}' for k, v in r['statuses'].items())} |")
+    if len(rows) > len(walls):
+        lines += ["", "Median wall time per K: " + ", ".join(
+            f"K={k} {statistics.median(w):.1f} s ({base / statistics.median(w):.2f}x)"
+            for k, w in sorted(walls.items())) + "; the rounds ran the K values in "
+            "alternating order (first round as given, then reversed)."]
     if doc.get("note"):
         lines += ["", doc["note"]]
     return "\n".join(lines) + "\n"
@@ -174,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
                    help="instead: time the sweep through the local SLURM cluster "
                         "(hydra/launcher=slurm_local) at each K runs per array task, K CPUs "
                         "per task; writes reports/bench/sweep-bundles.md and .json")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="with --bundles: N rounds, the K values in alternating order")
     p.add_argument("--note", default="", help="a sentence for the written report "
                                               "(e.g. what else ran on the machine)")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
@@ -198,8 +229,10 @@ def main_sweep(argv: list[str]) -> int:
         if min(args.bundles) < 1:
             print("seqbench: error: --bundles: every K must be >= 1", file=sys.stderr)
             return 2
-        doc["bundles"], doc["note"] = [], args.note
-        for k in args.bundles:
+        doc.update(bundles=[], note=args.note, ks=args.bundles, repeat=max(1, args.repeat))
+        order = [k for i in range(doc["repeat"])
+                 for k in (args.bundles if i % 2 == 0 else args.bundles[::-1])]
+        for k in order:
             with tempfile.TemporaryDirectory(prefix="seqbench-sweep-bench-") as tmp:
                 print(f"sweep {args.preset} on slurm_local, {k} runs per task ...", flush=True)
                 r = run_bundles(args.preset, k, args.overrides, Path(tmp))
