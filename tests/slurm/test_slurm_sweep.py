@@ -42,7 +42,8 @@ def is_clock(column: str) -> bool:
     """Wall-clock numbers (durations, speeds, timestamps) differ between any two
     executions of a run; every other column must not."""
     return (column == "wall_s" or column.startswith("timing")
-            or column.endswith(("seconds", "per_second", "_at")))
+            or column.endswith(("seconds", "per_second", "_at"))
+            or column.startswith("seconds"))  # seconds_to_target
 
 # One longer run for the interruption tests: 6,000 steps (about 6 s of training here),
 # a checkpoint every 100. It must outlast the 2 s between two running summaries
