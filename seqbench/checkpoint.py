@@ -123,6 +123,7 @@ def capture(trainer: Trainer, step: int) -> dict[str, Any]:
             "elapsed": trainer.elapsed(), "eval_seconds": st.eval_seconds,
             "resumed_from": list(st.resumed_from),
             "metrics_rows": trainer.metrics.rows,
+            "smoothness_rows": trainer.smooth.file.rows if trainer.smooth else 0,
         },
     }
 
@@ -143,6 +144,9 @@ def restore(trainer: Trainer, data: dict[str, Any]) -> None:
     rows = MetricsFile.read_upto(trainer.run_dir / METRICS_FILE, step)
     if rows is None or len(rows["step"]) != int(run["metrics_rows"]):
         raise CheckpointError("metrics.parquet does not hold the checkpoint's rows")
+    # smoothness.parquet continues from its rows up to the checkpoint, as metrics.parquet
+    if trainer.smooth and not trainer.smooth.restore(step, int(run.get("smoothness_rows", 0))):
+        raise CheckpointError("smoothness.parquet does not hold the checkpoint's rows")
     trainer.model.load_state_dict(data["model"])
     trainer.optimizer.load_state_dict(data["optimizer"])
     if trainer.schedule is not None and data["schedule"] is not None:

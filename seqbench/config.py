@@ -51,6 +51,9 @@ class TrainerConfig:
     eval_batches: int = at_least(0, 0)  # validation windows per evaluation; 0: whole split
     # every N steps, per-parameter gradient/weight norms to param_metrics.parquet; 0: off
     param_log_every: int = at_least(0, 0)
+    # every N steps, the local smoothness along the update on a fixed probe batch
+    # (Zhang et al. 2020; seqbench.smoothness) to smoothness.parquet; 0: off
+    smoothness_every: int = at_least(0, 0)
     device: str = one_of("auto", ("auto", "cpu", "cuda"))
     amp: str = one_of("off", ("off", "bf16", "fp16"))
     on_nonfinite: str = one_of("stop", ("stop", "skip", "raise"))

@@ -101,6 +101,9 @@ class RunSummary(TypedDict, total=False):
     task_metrics: dict[str, Any] | None
     grad_norm_pre: dict[str, float] | None  # {median, p99, max}
     clip_fraction: float | None
+    # trainer.smoothness_every's probes, null when off: {n, n_used, median_L,
+    # spearman_log: {rho, n} | null, fit: {method, L0, L1, L1_ci95, ci, n} | null}
+    smoothness: dict[str, Any] | None
     skipped_steps: int
     wall_seconds: float | None
     tokens_per_second: float | None
@@ -185,10 +188,32 @@ def validate_summary(data: object) -> dict:
         not isinstance(gn, dict) or not all(is_number(gn.get(s)) for s in GRAD_NORM_STATS)
     ):
         raise SummaryError("summary.json grad_norm_pre is not null or {median, p99, max} numbers")
+    if not _smoothness_ok(data.get("smoothness")):
+        raise SummaryError("summary.json smoothness is not null or {n, median_L, "
+                           "spearman_log, fit} with numbers")
     error = data.get("error")
     if error is not None and not isinstance(error, str):  # a message, whatever wrote it
         data["error"] = json.dumps(error, sort_keys=True)
     return data
+
+
+def _smoothness_ok(sm: object) -> bool:
+    """The `smoothness` object's shape (null: the probe was off)."""
+    if sm is None:
+        return True
+    if not isinstance(sm, dict) or isinstance(sm.get("n"), bool) \
+            or not isinstance(sm.get("n"), int) or not is_number(sm.get("median_L")):
+        return False
+    rho, fit = sm.get("spearman_log"), sm.get("fit")
+    if rho is not None and not (isinstance(rho, dict) and is_number(rho.get("rho"))
+                                and is_number(rho.get("n"))):
+        return False
+    if fit is None:
+        return True
+    ci = fit.get("L1_ci95") if isinstance(fit, dict) else None
+    return (isinstance(fit, dict) and is_number(fit.get("L0")) and is_number(fit.get("L1"))
+            and isinstance(ci, list) and len(ci) == 2 and all(is_number(v) for v in ci))
+
 
 # ---- what makes two runs the same experiment --------------------------------------------
 #: Config keys that change where or how a run executes, not what it measures: runs that

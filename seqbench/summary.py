@@ -58,13 +58,57 @@ def grad_norm_stats(pre: np.ndarray) -> dict[str, float] | None:
     }
 
 
+# The Theil-Sen fit uses all pairs of probes: at most this many (evenly spaced) probes
+# enter it, so the fit stays ~0.05 s however long the run (the summary is rewritten
+# every 2 s); the correlation and the median use every probe.
+SMOOTHNESS_FIT_MAX = 1000
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def smoothness_stats(grad_norm: np.ndarray, smooth: np.ndarray) -> dict[str, Any]:
+    """summary.json's `smoothness` from the probes (seqbench.smoothness): L̂ against the
+    probe gradient norm ‖∇f‖, over the probes where both are finite and > 0.
+
+    `n`: probes recorded; `median_L`; `spearman_log`: Spearman's rank correlation of
+    log L̂ with log ‖∇f‖ (ranks ignore the log; Zhang et al. plot both on log axes) and
+    its `n`; `fit`: L̂ ≈ L0 + L1·‖∇f‖ by the Theil-Sen estimator (L1 = median of the
+    pairwise slopes, L0 = median of L̂ − L1·‖∇f‖: scipy.stats.theilslopes, method
+    "joint") with Sen's nonparametric 95% interval for L1 (from Kendall's tau's normal
+    approximation), on `n` probes (at most SMOOTHNESS_FIT_MAX, evenly spaced). Null
+    where too few probes (spearman: 3 with varying values; fit: 2 distinct ‖∇f‖)."""
+    from scipy import stats  # only runs with the probe pay for importing scipy
+
+    g, s = np.asarray(grad_norm, dtype=np.float64), np.asarray(smooth, dtype=np.float64)
+    ok = np.isfinite(g) & np.isfinite(s) & (g > 0) & (s > 0)
+    g, s = g[ok], s[ok]
+    out: dict[str, Any] = {"n": int(len(ok)), "n_used": int(len(g)),
+                           "median_L": float(np.median(s)) if len(s) else None,
+                           "spearman_log": None, "fit": None}
+    if len(g) >= 3 and np.ptp(g) > 0 and np.ptp(s) > 0:
+        rho = stats.spearmanr(np.log(g), np.log(s)).statistic
+        out["spearman_log"] = {"rho": _num(rho), "n": int(len(g))}
+    if len(np.unique(g)) >= 2:
+        if len(g) > SMOOTHNESS_FIT_MAX:
+            pick = np.unique(np.linspace(0, len(g) - 1, SMOOTHNESS_FIT_MAX).round().astype(int))
+            g, s = g[pick], s[pick]
+        slope, intercept, low, high = stats.theilslopes(s, g, 0.95, method="joint")
+        out["fit"] = {"method": "theil_sen", "L0": _num(intercept), "L1": _num(slope),
+                      "L1_ci95": [_num(low), _num(high)], "ci": "sen", "n": int(len(g))}
+    return out
+
+
 def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: MetricSpec,
               baseline: dict[str, Any], elapsed: float, timing: dict[str, float | None],
               clip: dict[str, Any] | None, task: dict[str, Any], parameters: int,
-              frozen: list[str], config: dict[str, Any], env: dict[str, Any]
-              ) -> dict[str, Any]:
+              frozen: list[str], config: dict[str, Any], env: dict[str, Any],
+              smoothness: MetricsFile | None = None) -> dict[str, Any]:
     """summary.json's contents. `elapsed` is the run's wall clock so far (a resumed run's
-    includes its earlier part); `clip` is a stateful clipper's own summary, or None."""
+    includes its earlier part); `clip` is a stateful clipper's own summary, or None;
+    `smoothness` the probe's rows (trainer.smoothness_every), None when it is off."""
     st = state
     losses = metrics.column("train_loss")
     pre = metrics.column("grad_norm_pre")
@@ -114,6 +158,8 @@ def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: 
         "timing": dict(timing),
         "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
         "clip": clip,
+        "smoothness": None if smoothness is None else smoothness_stats(
+            smoothness.column("probe_grad_norm"), smoothness.column("smoothness")),
         "resumed_from": st.resumed_from,
         "task": task,
         "parameters": parameters,

@@ -63,6 +63,7 @@ from seqbench.rundir import (
     experiment_config,
     write_json,
 )
+from seqbench.smoothness import SMOOTHNESS_FILE, SmoothnessProbe
 from seqbench.summary import RunState, summarize, summary_line
 from seqbench.tblog import TensorBoardLog
 from seqbench.writer import MetricsWriter
@@ -82,7 +83,8 @@ class NonFiniteError(RuntimeError):
 class Trainer:
     # what a run writes into its directory: a fresh start removes an earlier run's, so
     # a replaced run (--force) never leaves a file of another experiment beside this one's
-    RUN_FILES = (SUMMARY_FILE, METRICS_FILE, PARAM_METRICS_FILE, "clip_state.pt")
+    RUN_FILES = (SUMMARY_FILE, METRICS_FILE, PARAM_METRICS_FILE, SMOOTHNESS_FILE,
+                 "clip_state.pt")
 
     def __init__(self, cfg: DictConfig, run_dir: Path, task: Task | None = None):
         # wall-clock instants (Unix time) for the sweep benchmark's per-job overhead
@@ -175,6 +177,7 @@ class Trainer:
             self.run_dir / PARAM_METRICS_FILE, every,
             {id(p): n for n, p in self.named_params},
         ) if every > 0 else None
+        self.smooth = SmoothnessProbe.for_run(self)  # trainer.smoothness_every; None: off
         self.env = env_info(self.device)
         self.step_count = 0
         self.checkpointed_at = 0
@@ -303,6 +306,9 @@ class Trainer:
         post, clipped = self.clip(params, grads, pre)
         if plog:
             plog.before_update(grads)
+        probe = self.smooth if self.smooth and self.smooth.active(self.step_count) else None
+        if probe:
+            probe.before_update()
         if self.scaler is not None:
             # GradScaler skips steps whose unscaled gradients hold inf/NaN (it reads that
             # flag on the host itself); those are AMP's normal operation, not divergence.
@@ -319,6 +325,8 @@ class Trainer:
         if plog:
             plog.after_update()
         self.optimizer.zero_grad(set_to_none=True)
+        if probe:  # L̂ along the update just applied; leaves parameters and RNGs as they are
+            probe.after_update(self.step_count)
         self.host_lr.append(self.optimizer.param_groups[0]["lr"])
         if self.schedule is not None:
             self.schedule.step()
@@ -362,9 +370,8 @@ class Trainer:
                               self.tokens_per_step, st.evals)
         self.host_lr, self.host_wall = [], []
         changed = [self.metrics] if self.metrics.add(cols) else []
-        if self.param_log is not None and self.param_log.flush(
-                int(steps[stop_at - 1]) if stop_at else first_step - 1):
-            changed.append(self.param_log.file)
+        last = int(steps[stop_at - 1]) if stop_at else first_step - 1
+        changed += [x.file for x in (self.param_log, self.smooth) if x and x.flush(last)]
         st.skipped_steps += int(f["skipped"][:stop_at].sum())
         st.steps_completed = int(steps[stop_at - 1]) if stop_at else st.steps_completed
         st.tokens_seen = st.steps_completed * self.tokens_per_step
@@ -434,7 +441,8 @@ class Trainer:
             metric=self.task.metric, baseline=self.baseline, elapsed=self.elapsed(),
             timing=self.times, clip=clip, task=self.task.describe(),
             parameters=count_parameters(self.model), frozen=self.frozen,
-            config=self.flat_config, env=self.env)
+            config=self.flat_config, env=self.env,
+            smoothness=self.smooth.file if self.smooth else None)
         write_json(self.run_dir / SUMMARY_FILE, summary, durable=ended)
         self.summary_written = time.perf_counter()
         return summary
@@ -455,7 +463,7 @@ class Trainer:
 
     def _rewrite_jobs(self) -> list:
         """The writes of every metrics file that holds rows, whole (the error path)."""
-        files = [self.metrics, *([self.param_log.file] if self.param_log else [])]
+        files = [self.metrics, *(x.file for x in (self.param_log, self.smooth) if x)]
         return [f.snapshot().write for f in files if f.rows]
 
     def close(self) -> None:
