@@ -183,7 +183,9 @@ wait_for() {
   local name=$1 log=$2 what=$3 t0=$SECONDS
   shift 3
   until "$@" >/dev/null 2>&1; do
-    if ! live_pid "$name" >/dev/null; then
+    # just after `start`, the pid may still be setsid before its exec: alive, but not yet
+    # the daemon (live_pid says no). Only a pid that is gone has exited.
+    if ! live_pid "$name" >/dev/null && ! kill -0 "$(<"$PIDS/$name.pid")" 2>/dev/null; then
       tail -n 15 "$log" "$LOGS/$name.out" >&2 2>/dev/null || true
       die "$name exited before $what; read $log (and $LOGS/$name.out)"
     fi
