@@ -15,7 +15,9 @@ the others it is reported before any config problem (one line, exit 2).
 from __future__ import annotations
 
 import os
+import re
 import sys
+import textwrap
 
 from seqbench.errors import PluginError, one_line
 
@@ -188,12 +190,40 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def sweep_help() -> str:
+    """`sweep --help`: the usage line and each preset with the first sentence of its
+    file's header comment (conf/sweep/PRESET.yaml), which says what it answers."""
+    from seqbench.confdir import conf_dir, presets
+
+    lines = ["usage: python -m seqbench sweep [PRESET] [KEY=VALUE ...] [--force] [--dry-run]",
+             "", "Run a preset's grid into runs/PRESET/ and write reports/PRESET/; finished",
+             "runs are skipped, and a directory holding another experiment is never",
+             "overwritten (exit 2) unless --force. --dry-run lists the jobs and runs none.",
+             "KEY=VALUE applies to every job (runs/PRESET+KEY=VALUE/); KEY=a,b sweeps it;",
+             "hydra/launcher=joblib|submitit_local|slurm picks where the runs execute.",
+             "", "presets (conf/sweep/; default demo):"]
+    for name in presets():
+        text = (conf_dir() / "sweep" / f"{name}.yaml").read_text().splitlines()
+        words = " ".join(t.lstrip("# ").strip() for t in text[1:6] if t.startswith("#"))
+        words = words.removeprefix(f"{name}:").strip()
+        # the first sentence: a full stop or question mark not closing an initial (J.)
+        # or an abbreviation (e.g.)
+        end = re.search(r"(?<![A-Z])(?<!e\.g)(?<!i\.e)[.?:](\s|$)", words)
+        first = words[:end.end()].strip() if end else words
+        lines += textwrap.wrap(first, 88, initial_indent=f"  {name:<22}",
+                               subsequent_indent=" " * 24)
+    return "\n".join(lines) + "\n"
+
+
 def cmd_sweep(args: list[str]) -> int:
     from seqbench import sweep as sw
     from seqbench.confdir import presets
     from seqbench.config import ensure_registered
     from seqbench.hydra_input import check_config, group_choice_errors
 
+    if {"-h", "--help"} & set(args):
+        print(sweep_help(), end="")
+        return 0
     preset = "demo"
     if args and not args[0].startswith("-") and "=" not in args[0]:
         preset, args = args[0], args[1:]

@@ -49,6 +49,20 @@ def test_help_explains_the_command(tmp_path):
     assert top.returncode == 0 and "train" in top.stdout
 
 
+def test_sweep_help_lists_every_preset_with_what_it_answers(capsys):
+    from seqbench.cli import main
+    from seqbench.confdir import presets
+
+    assert main(["sweep", "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")
+              and not line.startswith("   ")}
+    assert listed == set(presets())
+    assert "seq_length            does clipping matter more as back-propagation" in out
+    assert "J. Brownlee's tutorial" in out  # an initial does not end the sentence
+    assert main(["sweep", "study", "-h"]) == 0 and "presets" in capsys.readouterr().out
+
+
 def test_bad_input_via_the_real_process_has_no_traceback(tmp_path):
     out = run_cli(["train", "optim.lr=-1"], cwd=tmp_path)
     assert out.returncode == 2

@@ -377,6 +377,10 @@ ALLOWED = {
     # copies of a config composed in this process (pickle.dumps of it, in memory): 6x
     # faster than deepcopy for a 10,000-job sweep; no bytes from outside ever get here
     ("seqbench/jobconfigs.py", "cfg = pickle.loads(base)"),
+    # a bundle's child process reads the spec its parent task wrote, moments before, into
+    # its own submitit folder -- the parent itself was started by submitit unpickling its
+    # submission from that same folder, so this adds no reader of outside bytes
+    ("seqbench/bundles.py", "launcher, singleton_state, members = cloudpickle.load(f)"),
 }
 
 
