@@ -102,7 +102,9 @@ class RunSummary(TypedDict, total=False):
     grad_norm_pre: dict[str, float] | None  # {median, p99, max}
     clip_fraction: float | None
     # trainer.smoothness_every's probes, null when off: {n, n_used, median_L,
-    # spearman_log: {rho, n} | null, fit: {method, L0, L1, L1_ci95, ci, n} | null}
+    # spearman_log: {rho, n} | null, fit: {method, L0, L1, L1_ci95, ci, n} | null,
+    # warning: {min_history, default_k, armed_at_step, L: [rule], grad: [rule]} with
+    # rule {k, step, lead_steps, outcome} (seqbench.early_warning)}
     smoothness: dict[str, Any] | None
     skipped_steps: int
     wall_seconds: float | None
@@ -197,12 +199,23 @@ def validate_summary(data: object) -> dict:
     return data
 
 
+#: an early-warning rule's outcome (seqbench.early_warning.OUTCOMES; null: not ended)
+RULE_OUTCOMES = (None, "warned", "missed", "too_early", "false_alarm", "quiet")
+
+
 def _smoothness_ok(sm: object) -> bool:
     """The `smoothness` object's shape (null: the probe was off)."""
     if sm is None:
         return True
     if not isinstance(sm, dict) or isinstance(sm.get("n"), bool) \
             or not isinstance(sm.get("n"), int) or not is_number(sm.get("median_L")):
+        return False
+    warning = sm.get("warning")  # seqbench.early_warning; absent before it existed
+    if warning is not None and not (isinstance(warning, dict) and all(
+            isinstance(warning.get(sig), list) and all(
+                isinstance(r, dict) and is_number(r.get("k")) and is_number(r.get("step"))
+                and is_number(r.get("lead_steps")) and r.get("outcome") in RULE_OUTCOMES
+                for r in warning[sig]) for sig in ("L", "grad"))):
         return False
     rho, fit = sm.get("spearman_log"), sm.get("fit")
     if rho is not None and not (isinstance(rho, dict) and is_number(rho.get("rho"))

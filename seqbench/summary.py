@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seqbench.early_warning import warning_stats
 from seqbench.outcome import outcome
 from seqbench.rundir import SCHEMA_VERSION
 
@@ -158,8 +159,13 @@ def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: 
         "timing": dict(timing),
         "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
         "clip": clip,
-        "smoothness": None if smoothness is None else smoothness_stats(
-            smoothness.column("probe_grad_norm"), smoothness.column("smoothness")),
+        "smoothness": None if smoothness is None else {
+            **smoothness_stats(smoothness.column("probe_grad_norm"),
+                               smoothness.column("smoothness")),
+            "warning": warning_stats(smoothness.column("step"),
+                                     smoothness.column("probe_grad_norm"),
+                                     smoothness.column("smoothness"), st.status,
+                                     st.divergence_step)},
         "resumed_from": st.resumed_from,
         "task": task,
         "parameters": parameters,
