@@ -37,7 +37,7 @@ LAYERS = [
                 "seqbench.plugins"]),
     ("train", ["seqbench.train", "seqbench.checkpoint", "seqbench.metrics", "seqbench.writer",
                "seqbench.process", "seqbench.progress", "seqbench.summary", "seqbench.clipper",
-               "seqbench.smoothness"]),
+               "seqbench.smoothness", "seqbench.early_warning"]),
     ("sweep", ["seqbench.sweep", "seqbench.jobconfigs", "seqbench.hydra_input",
                "seqbench.bundles"]),
     ("report", ["seqbench.report", "seqbench.fake_runs"]),
