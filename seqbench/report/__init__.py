@@ -48,11 +48,12 @@ __all__ = [
 class ReportResult:
     """What :func:`make_report` wrote and what it found.
 
-    ``paths``: report_md, report_html, runs_csv, cells_csv, lr_summary_csv.
+    ``paths``: report_md, report_html, runs_csv, cells_csv, lr_summary_csv (and
+    smoothness_csv when runs carried the smoothness probe).
     ``figures``: name -> PNG path for every figure drawn; ``skipped``: name -> note for
     figures that could not be drawn. Names are the figure kinds (``lr_curves``,
     ``divergence_heatmap``, ``<metric>_heatmap``, ``loss_curves``, ``grad_norms``,
-    ``param_grad_norms``, ``frontier``), suffixed with
+    ``param_grad_norms``, ``frontier``, ``smoothness``), suffixed with
     ``-<task>`` when the runs hold several tasks (see ``figures.figure_name``).
     ``n_runs`` counts readable run directories (incomplete ones included);
     ``n_found`` = ``n_runs`` + ``n_corrupt``. ``n_damaged`` counts runs (in ``n_runs``)

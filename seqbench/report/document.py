@@ -16,13 +16,15 @@ from seqbench.report import _format as fmt
 from seqbench.report import length
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
-from seqbench.report.layout import Layout
+from seqbench.report.layout import Layout, enrich
 from seqbench.report.sentences import (
     _counts,
     _seeds_phrase,
     task_sentences,
 )
 from seqbench.report.sentences import length as length_text
+from seqbench.report.sentences.smoothness import FIGURE_KIND as SMOOTHNESS_FIGURE
+from seqbench.report.sentences.smoothness import SmoothnessPart
 from seqbench.report.tables import (
     _constant_settings,
     cells_note,
@@ -98,6 +100,8 @@ def sections(
 
     ``layout``: the report's (derived from the tables when not given)."""
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
+    # the smoothness figure is shown in its own section (smoothness_part)
+    figures = [f for f in figures if f.kind != SMOOTHNESS_FIGURE]
     groups = split_by_task(collected.runs, cells_df, stable_df)
     if len(groups) <= 1:
         own = layout.within(cells_df)
@@ -139,6 +143,14 @@ def sections(
             )
         )
     return out
+
+
+def smoothness_part(collected: CollectResult, cells_df: pd.DataFrame,
+                    figures: Sequence[FigureResult], layout: Layout) -> SmoothnessPart | None:
+    """The section after the task sections when runs carried the smoothness probe
+    (``trainer.smoothness_every``); None otherwise, and the report reads as before."""
+    runs = collected.runs if "cell" in collected.runs.columns else enrich(collected.runs)
+    return SmoothnessPart.of(runs, cells_df, collected.runs_dir, layout, figures)
 
 
 ANSWER_HEADING = "Answer"

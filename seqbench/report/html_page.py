@@ -32,6 +32,7 @@ from seqbench.report.sentences import (
     headline,
 )
 from seqbench.report.sentences import length as length_text
+from seqbench.report.sentences import smoothness as smooth_text
 from seqbench.report.tables import (
     LR_HEADING,
     LR_NOTE,
@@ -132,7 +133,13 @@ def _html_section(sec: Section) -> list[str]:
         _html_table(sec.cells),
         f'<{h} id="{pre}figures">Figures</{h}>',
     ]
-    for f in sec.figures:
+    return parts + _html_figures(sec.figures)
+
+
+def _html_figures(figures: Sequence[FigureResult]) -> list[str]:
+    """Each figure embedded with its caption, or the note that says why there is none."""
+    e, parts = html.escape, []
+    for f in figures:
         if f.path is None:  # skipped: the note says why, where the figure would be
             parts.append(f'<p class="note"><strong>{e(f.title)}</strong>: {e(f.note or "")}</p>')
             continue
@@ -143,6 +150,23 @@ def _html_section(sec: Section) -> list[str]:
             f"<figcaption><strong>{e(f.title)}.</strong>{caption}</figcaption></figure>"
         )
     return parts
+
+
+def _html_smoothness(part: smooth_text.SmoothnessPart) -> list[str]:
+    """The smoothness section, after the task sections; its headings are in the contents."""
+    e = html.escape
+    parts = [f'<h2 id="smoothness">{e(smooth_text.HEADING)}</h2>',
+             f"<p>{e(smooth_text.INTRO)}</p>",
+             '<ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in part.sentences)
+             + "</ul>",
+             f'<h3 id="smoothness-configurations">{e(smooth_text.CELLS_HEADING)}</h3>',
+             f"<p>{e(smooth_text.CELLS_NOTE)}</p>", _html_table(part.cells)]
+    if not part.warning.empty:
+        parts += [f'<h3 id="smoothness-warning">{e(part.warning_heading)}</h3>',
+                  f"<p>{e(smooth_text.WARNING_NOTE)}</p>", _html_table(part.warning),
+                  f'<h3 id="smoothness-sensitivity">{e(smooth_text.SENSITIVITY_HEADING)}</h3>',
+                  f"<p>{e(smooth_text.SENSITIVITY_NOTE)}</p>", _html_table(part.sensitivity)]
+    return parts + _html_figures(part.figures)
 
 
 def _html_length(sec: Section, h: str, pre: str = "") -> list[str]:
@@ -167,7 +191,9 @@ def render_html(
     figures: Sequence[FigureResult],
     title: str,
     layout: Layout | None = None,
+    smoothness: smooth_text.SmoothnessPart | None = None,
 ) -> str:
+    """report.html; ``smoothness``: the smoothness section, as in ``render_markdown``."""
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     e = html.escape
 
@@ -191,6 +217,8 @@ def render_html(
         parts += [f'<h2 id="findings">{FINDINGS_HEADING}</h2>', _html_bullets(said[1:], "h3")]
     for sec in sections(collected, cells_df, stable_df, figures, layout):
         parts += _html_section(sec)
+    if smoothness is not None:
+        parts += _html_smoothness(smoothness)
     inc, cor = _problem_items(collected)
     parts.append('<h2 id="incomplete-runs">Incomplete run directories</h2>')
     parts.append(

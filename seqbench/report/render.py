@@ -33,6 +33,7 @@ from seqbench.report.document import (
     Section,
     _problem_items,
     sections,
+    smoothness_part,
 )
 from seqbench.report.figures import FigureResult
 from seqbench.report.html_page import render_html
@@ -47,6 +48,7 @@ from seqbench.report.sentences import (
     headline,
 )
 from seqbench.report.sentences import length as length_text
+from seqbench.report.sentences import smoothness as smooth_text
 from seqbench.report.tables import (
     LR_HEADING,
     LR_NOTE,
@@ -119,6 +121,26 @@ def _md_section(sec: Section) -> list[str]:
     return lines
 
 
+def _md_smoothness(part: smooth_text.SmoothnessPart) -> list[str]:
+    """The smoothness section (after the task sections): sentences, tables, figures."""
+    lines = ["", f"## {smooth_text.HEADING}", "", smooth_text.INTRO, ""]
+    lines += [f"- {s}" for s in part.sentences]
+    lines += ["", f"### {smooth_text.CELLS_HEADING}", "", smooth_text.CELLS_NOTE, "",
+              _md_table(part.cells)]
+    if not part.warning.empty:
+        lines += [f"### {part.warning_heading}", "",
+                  smooth_text.WARNING_NOTE, "", _md_table(part.warning)]
+        lines += [f"### {smooth_text.SENSITIVITY_HEADING}", "", smooth_text.SENSITIVITY_NOTE,
+                  "", _md_table(part.sensitivity)]
+    for f in part.figures:
+        if f.path is None:
+            lines += [f"**{f.title}**: {f.note}", ""]
+        else:
+            lines += [f"### {f.title}", "", f"![{f.title}](figures/{f.path.name})", "",
+                      f"_{f.caption}_", ""]
+    return lines
+
+
 def _md_bullets(items: Sequence[str], level: str) -> list[str]:
     """Sentences as bullets; a :class:`Heading` among them as a heading of ``level``."""
     out: list[str] = []
@@ -137,7 +159,10 @@ def render_markdown(
     figures: Sequence[FigureResult],
     title: str,
     layout: Layout | None = None,
+    smoothness: smooth_text.SmoothnessPart | None = None,
 ) -> str:
+    """report.md; ``smoothness``: the smoothness section (``document.smoothness_part``),
+    after the task sections, when the runs carried the probe."""
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     lines = [f"# {printable(title)}", "", f"Runs directory: {md_code(collected.runs_dir)}", ""]
     said = headline(collected, cells_df, stable_df, layout)
@@ -153,6 +178,8 @@ def render_markdown(
         lines += _md_bullets(said[1:], "###")
     for sec in sections(collected, cells_df, stable_df, figures, layout):
         lines += _md_section(sec)
+    if smoothness is not None:
+        lines += _md_smoothness(smoothness)
     inc, cor = _problem_items(collected)
     lines += ["## Incomplete run directories", ""]
     lines += [f"- {md_code(d)} — {printable(s)}" for d, s in inc] or ["None."]
@@ -180,7 +207,7 @@ def write_documents(
     layout: Layout | None = None,
 ) -> dict[str, Path]:
     """Write runs.csv, cells.csv, lr_summary.csv, answer.csv, report.md and report.html
-    into ``out_dir``.
+    into ``out_dir`` (and smoothness.csv when runs carried the smoothness probe).
 
     A ``stable_lr.csv`` left by a report of before lr_summary.csv is removed, so a
     re-rendered directory never shows the old table beside the new one. ``layout``: the
@@ -215,10 +242,17 @@ def write_documents(
         else:
             paths[name] = path
             _atomic_write(path, _csv(table))
+    # smoothness.csv: only for runs that carried the smoothness probe (removed otherwise)
+    smooth = smoothness_part(collected, cells_df, figures, layout)
+    if smooth is None:
+        (out / "smoothness.csv").unlink(missing_ok=True)
+    else:
+        paths["smoothness_csv"] = out / "smoothness.csv"
+        _atomic_write(paths["smoothness_csv"], _csv(smooth.table))
     _atomic_write(
         paths["report_md"],
-        render_markdown(collected, cells_df, stable_df, figures, title, layout),
+        render_markdown(collected, cells_df, stable_df, figures, title, layout, smooth),
     )
     _atomic_write(paths["report_html"],
-                  render_html(collected, cells_df, stable_df, figures, title, layout))
+                  render_html(collected, cells_df, stable_df, figures, title, layout, smooth))
     return paths

@@ -17,6 +17,8 @@ from seqbench.report.stats import cells
 from seqbench.rundir import BPC
 
 LENGTH_FIGURES = ("stability_map", "grad_norm_length", "seed_curves")
+#: figures left out of a report whose runs lack their axis (no length, no probe)
+NOT_APPLICABLE = (*LENGTH_FIGURES, "smoothness")
 REPORT_ORDER = (
     "lr_curves",
     "cost_to_target",
@@ -29,6 +31,7 @@ REPORT_ORDER = (
     "grad_norms",
     "param_grad_norms",
     "frontier",
+    "smoothness",        # drawn only for runs with the smoothness probe, in its section
 )
 
 
@@ -84,8 +87,9 @@ def test_a_registered_figure_is_drawn_by_make_figures_into_its_own_file(tmp_path
     figs = tmp_path / "figs"
     try:
         out = make_figures(res.runs, c, lr_summary(c), sw.root, figs)
-        # the length figures do not apply to a sweep without a length axis: left out
-        applies = [k for k in REPORT_ORDER if k not in LENGTH_FIGURES]
+        # the length figures do not apply to a sweep without a length axis, nor the
+        # smoothness one to runs without the probe: left out
+        applies = [k for k in REPORT_ORDER if k not in NOT_APPLICABLE]
         assert [f.kind for f in out] == [*applies, "probe"]
         probe = out[-1]
         assert (probe.name, probe.title, probe.caption) == ("bpc_probe", "Probe (bpc)", "A probe.")

@@ -6,7 +6,9 @@ reader looks for first; the heatmaps answer "where is it stable, and how good is
 there", the curves show *how* runs fail, the gradient-norm distributions show what a
 clip threshold actually cuts, and the frontier puts stability against quality. Where runs
 logged per-parameter norms (``trainer.param_log_every``), the per-layer figure shows
-*which* tensors the global norm comes from. Each module's docstring says more.
+*which* tensors the global norm comes from; where they carried the smoothness probe
+(``trainer.smoothness_every``), the smoothness figure (shown in the report's smoothness
+section) plots L̂ against ‖∇f‖ along training. Each module's docstring says more.
 
 Quality is in each task's own metric (bpc, MSE, error rate, ...): titles, axis and
 colour-bar labels carry its name, unit and direction, and colour scales run from bad
@@ -69,6 +71,7 @@ import seqbench.report.figures.loss_curves  # noqa: F401
 import seqbench.report.figures.grad_norms  # noqa: F401
 import seqbench.report.figures.param_grad_norms  # noqa: F401
 import seqbench.report.figures.frontier  # noqa: F401
+import seqbench.report.figures.smoothness  # noqa: F401 (in the smoothness section)
 # isort: on
 
 __all__ = [
