@@ -94,7 +94,14 @@ _RULE_COLS = ("run_dir", "cell", "signal", "k", "step", "lead_steps", "outcome")
 
 
 def _f(v: object) -> float:
-    return math.nan if v is None else float(v)  # type: ignore[arg-type]
+    """A summary's number as a float; NaN for null and for anything the validator does
+    not check that is not a finite number (``default_k``, ``armed_at_step``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float range
+        return math.nan
 
 
 def _smoothness_of(path: Path) -> dict | None:

@@ -325,3 +325,25 @@ def test_summaries_without_warning_give_no_warning_table(sweep):
     said = text.warning_sentences(probe, sm.warning_sensitivity(probe))
     assert said == ["No run recorded the early-warning rule (12 runs with summaries written "
                     "before it existed), so there is no warning table."]
+
+
+def test_odd_but_valid_warning_fields_are_missing_values(tmp_path):
+    """The validator checks the rules' fields, not ``default_k`` or ``armed_at_step``: a
+    summary with text there still reports (those values as missing, the default k used)."""
+    sw = write_synthetic_sweep(tmp_path / "runs", optimizers=("sgd",), lrs=(0.1,),
+                               clips=(("none", None),), seeds=(0,), steps=20, eval_every=10,
+                               defects=False, hydra=False)
+    path = sw.root / "0000" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["smoothness"] = {"n": 4, "median_L": 0.5, "spearman_log": None, "fit": None,
+                             "warning": {**_rules("completed", 0, 20), "default_k": "two",
+                                         "armed_at_step": [20]}}
+    path.write_text(json.dumps(summary))
+    runs = enrich(collect_runs(sw.root).runs)
+    assert len(runs) == 1
+    probe = sm.probe_runs(runs, sw.root)
+    assert probe.runs["default_k"].isna().all() and probe.runs["armed_at_step"].isna().all()
+    assert probe.default_k == 2.0 and len(probe.rules) == 10
+    part = text.SmoothnessPart.of(runs, cells(runs), sw.root, Layout.of(runs, cells(runs)))
+    assert part is not None and part.warning_heading.endswith("at k = 2")
+    assert any("false alarms in 1 of 1" in s for s in part.sentences)

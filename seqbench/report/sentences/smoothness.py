@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -92,9 +92,11 @@ class SmoothnessPart:
         warn = sm.warning_cells(probe, cells_df, layout)
         sens = sm.warning_sensitivity(probe)
         said = smoothness_sentences(probe, table, sens, layout)
+        # one figure per task group when there are several: each titled with its task
+        figs = [f if f.task is None else replace(f, title=f"{f.title}: {f.task.label}")
+                for f in figures if f.kind == FIGURE_KIND]
         return cls(said, cells_display(table, layout), warning_display(warn, layout),
-                   sensitivity_display(sens), table, probe.default_k,
-                   [f for f in figures if f.kind == FIGURE_KIND])
+                   sensitivity_display(sens), table, probe.default_k, figs)
 
 
 #: The registered kind of the section's figure (figures/smoothness.py); the task
