@@ -27,6 +27,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ _RULE_COLS = ("run_dir", "cell", "signal", "k", "step", "lead_steps", "outcome")
 def _f(v: object) -> float:
     """A summary's number as a float; NaN for null and for anything the validator does
     not check that is not a finite number (``default_k``, ``armed_at_step``)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, Real):
         return math.nan
     try:
         return float(v)
