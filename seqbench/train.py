@@ -244,14 +244,13 @@ class Trainer:
 
     def _train(self, max_steps: int) -> int | None:
         """The steps from `start_step` on; the signal that stopped them, if one did."""
-        log_every = int(self.t.log_every)
         with Progress(self.t.progress, max_steps, self.task.metric.name) as progress:
             self.model.train()
             self.times["first_step_at"] = time.time()
             for step in range(self.start_step, max_steps + 1):
                 if self.loop_step(step, max_steps):
                     return None  # diverged: a result
-                if step % log_every == 0 or step == max_steps:
+                if self.buffer.n == 0:  # a flush just wrote this step's row: report it
                     progress.update(step, self.metrics, self.state)
                 if self.pending_signal is not None and step < max_steps:
                     # pre-emption or a time limit: save where we are, then stop
