@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from seqbench import fork
 from seqbench.data.batching import tensors_to as to_device
 from seqbench.metrics import MetricsFile
 from seqbench.rundir import CHECKPOINT_FILE as CHECKPOINT_FILE  # the name callers import
@@ -122,6 +123,7 @@ def capture(trainer: Trainer, step: int) -> dict[str, Any]:
             "initial_loss": st.initial_loss, "step_count": trainer.step_count,
             "elapsed": trainer.elapsed(), "eval_seconds": st.eval_seconds,
             "resumed_from": list(st.resumed_from),
+            "parent": st.parent, "start_tokens": st.start_tokens,
             "metrics_rows": trainer.metrics.rows,
             "smoothness_rows": trainer.smooth.file.rows if trainer.smooth else 0,
         },
@@ -141,7 +143,7 @@ def restore(trainer: Trainer, data: dict[str, Any]) -> None:
             "the checkpoint belongs to another config ("
             + ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differ[:3]) + ")")
     step, run = int(data["step"]), data["run"]
-    rows = MetricsFile.read_upto(trainer.run_dir / METRICS_FILE, step)
+    rows = MetricsFile.read_upto(trainer.run_dir / METRICS_FILE, step, trainer.metrics.schema)
     if rows is None or len(rows["step"]) != int(run["metrics_rows"]):
         raise CheckpointError("metrics.parquet does not hold the checkpoint's rows")
     # smoothness.parquet continues from its rows up to the checkpoint, as metrics.parquet
@@ -170,8 +172,50 @@ def restore(trainer: Trainer, data: dict[str, Any]) -> None:
     st.initial_loss = run["initial_loss"]
     st.eval_seconds = float(run["eval_seconds"])
     st.resumed_from = [*run["resumed_from"], step]
+    st.parent = run.get("parent")  # a fork resumes from its own checkpoint, not the parent
+    st.start_tokens = int(run.get("start_tokens", 0))
     trainer.step_count = int(run["step_count"])
     trainer.t_start = time.perf_counter() - float(run["elapsed"])
     trainer.checkpointed_at = step
+    trainer.start_step = step + 1
+    set_rng_state(data["rng"])
+
+
+# ---- forks (trainer.init_from, trainer.keep_checkpoints; seqbench.fork) ------------------
+
+def capture_kept(trainer: Trainer, step: int) -> dict[str, Any]:
+    """A kept checkpoint (`checkpoint-STEP.pt`): `capture`'s payload and the task's
+    vocabulary fingerprint, which a fork's validation compares with its own task's."""
+    return {**capture(trainer, step), "task_fingerprint": fork.task_fingerprint(trainer.task)}
+
+
+def start_fork(trainer: Trainer, parent: fork.Parent) -> None:
+    """Set a freshly built trainer to its parent's kept checkpoint: weights, the task's
+    data position and state, the random streams (set last), the first loss and, with
+    trainer.init_optimizer, the optimizer's state under this run's hyperparameters; the
+    schedule is positioned at the parent's step. Everything else is the run's own
+    (seqbench.fork says why)."""
+    data = load(parent.path)
+    trainer.model.load_state_dict(data["model"])
+    trainer.task.load_state_dict(data["task"])
+    opt = trainer.optimizer
+    if trainer.t.init_optimizer:
+        own = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(data["optimizer"])
+        for group, settings in zip(opt.param_groups, own):
+            group.update(settings)  # the child's lr, betas, ...: only the state is taken
+    step, run = parent.step, data["run"]
+    sched = trainer.schedule
+    if sched is not None:  # the lr the schedule gives step S + 1, as in a run from scratch
+        sched.last_epoch = step
+        for group, base, fn in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(step)
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+    st = trainer.state
+    st.initial_loss = run["initial_loss"]
+    st.steps_completed = step
+    st.tokens_seen = st.start_tokens = int(run["tokens_seen"])
+    st.parent = parent.block()
+    trainer.step_count = trainer.checkpointed_at = step
     trainer.start_step = step + 1
     set_rng_state(data["rng"])

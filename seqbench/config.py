@@ -29,7 +29,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seqbench import precision, sizes, tblog
+from seqbench import fork, precision, sizes, tblog
 from seqbench.checks import at_least, broken_rule, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.confdir import conf_dir
@@ -84,6 +84,18 @@ class TrainerConfig:
     # loss, gradient norms, clipping, lr, validation metric; the config as hparams); needs
     # the tensorboard extra
     tensorboard: bool = False
+    # start from another run's kept checkpoint: RUN_DIR (its latest) or RUN_DIR@STEP;
+    # steps then count on from the parent's (seqbench.fork); null: from scratch
+    init_from: str | None = None
+    # with init_from: also take the parent's optimizer state (its hyperparameters stay
+    # this run's); false: a fresh optimizer
+    init_optimizer: bool = False
+    # keep the state at these steps as checkpoint-STEP.pt, the points other runs can start
+    # from (trainer.init_from); not part of the experiment
+    # (their range, which depends on max_steps and a parent, is checked with the others')
+    keep_checkpoints: list[int] = rule([], "a list of steps", lambda v: isinstance(v, list)
+                                       and all(isinstance(s, int) and not isinstance(s, bool)
+                                               for s in v))
 
 
 @dataclass
@@ -178,7 +190,15 @@ def validate(cfg: DictConfig, *, check_data: bool = True, cache: dict | None = N
             cache[key] = e
     if cache[key] is not None:
         raise ConfigErrors([cache[key]])
+    errors = _fork_data_errors(resolved, cache[("task", _key(resolved["task"]))])
+    if errors:
+        raise ConfigErrors(errors)
     return resolved
+
+
+def _fork_data_errors(resolved: dict, task) -> list[ConfigError]:
+    """What a fork needs of the built task (its vocabulary)."""
+    return fork.data_errors(resolved, task)
 
 
 def _key(obj: Any) -> str:
@@ -394,6 +414,7 @@ def _cross_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
             if reason is not None:
                 out.append(ConfigError("trainer.amp", t["amp"], precision.amp_error_text(
                     model, device, t["amp"], reason)))
+    out += _fork_errors(r)
     out += _model_family_errors(task, schemas["model"])
     if model.get("cell") not in (None, "rnn_tanh") and model.get("init") is not None:
         out.append(ConfigError("model.init", model["init"],
@@ -417,6 +438,11 @@ def _cross_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
         out.append(ConfigError("trainer.device", "cuda",
                                "CUDA is not available here; use auto or cpu"))
     return out
+
+
+def _fork_errors(r: dict) -> list[ConfigError]:
+    """trainer.init_from against its parent (read, never built)."""
+    return fork.config_errors(r, flatten(r))[0]
 
 
 def _model_family_errors(task: dict, model_schema: Any) -> list[ConfigError]:
@@ -453,6 +479,9 @@ def flatten(resolved: dict) -> dict[str, Any]:
             out[prefix[:-1]] = node
 
     walk(resolved, "")
+    trainer = resolved.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("init_from") is not None:
+        out.update(fork.identity(trainer["init_from"]))  # the parent is part of the experiment
     return out
 
 
@@ -479,4 +508,6 @@ def type_rule(cause: BaseException) -> str:
                              "boolean": "true or false"}.get(kind, kind)
     if "not Optional" in msg or "Non optional" in msg:
         return "must not be null"
+    if "is not a ListConfig" in msg:
+        return "must be a list: [a,b]"
     return msg

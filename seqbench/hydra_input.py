@@ -51,10 +51,16 @@ def check_config(overrides: list[str], values: bool = True,
             return problems
         if values:
             _set_hydra_config(cfg)  # so that ${hydra:...} in a value resolves as in the run
-        run_dir = OmegaConf.select(cfg, "hydra.run.dir") if composed is not None else None
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False
+                                   ) if values else None
         cfg = _without_hydra(cfg)
         if values:
             validate(cfg)
+            from seqbench.fork import own_dir_error
+
+            problem = own_dir_error(cfg.trainer.get("init_from"), run_dir)
+            if problem is not None:  # a fork's start would replace its own parent
+                raise problem
         if composed is not None:
             composed.update(config=flat(cfg), run_dir=run_dir)
     except ConfigErrors as e:

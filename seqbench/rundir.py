@@ -11,6 +11,7 @@ made every interrupted run start over.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -110,6 +111,8 @@ class RunSummary(TypedDict, total=False):
     wall_seconds: float | None
     tokens_per_second: float | None
     config: dict[str, Any]            # the flat experiment config
+    # a fork's parent (trainer.init_from; seqbench.fork), null for a run from scratch
+    parent: dict[str, Any] | None     # {dir, step, digest}
     env: dict[str, Any]
     error: str | None
 
@@ -234,7 +237,7 @@ def _smoothness_ok(sm: object) -> bool:
 #: one resumable checkpoint).
 NON_EXPERIMENT_KEYS = ("trainer.progress", "trainer.device", "trainer.threads",
                        "trainer.log_every", "trainer.checkpoint_every", "trainer.resume",
-                       "trainer.tensorboard")
+                       "trainer.tensorboard", "trainer.keep_checkpoints")
 
 #: Values that mean "switched off". Options are added switched off, so a key that only one
 #: side has matches when its value there is one of these.
@@ -272,6 +275,15 @@ def _is_off(value: Any) -> bool:
         return value in _OFF
     except TypeError:  # an unhashable value compared with a dict member: never off
         return False
+
+
+def experiment_digest(flat_config: Mapping[str, Any]) -> str:
+    """32 hex digits naming an experiment config: equal for configs that `differences`
+    finds equal up to options added switched off (those keys are left out), so a fork
+    names its parent by it (seqbench.fork) and an upgrade does not rename a parent."""
+    kept = {k: v for k, v in experiment_config(flat_config).items() if not _is_off(v)}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

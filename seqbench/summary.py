@@ -46,6 +46,11 @@ class RunState:
     # the task's success() (e.g. error rate on fresh test sequences), at the end of a run
     success: dict[str, Any] | None = None
     resumed_from: list[int] = field(default_factory=list)  # steps continued from a checkpoint
+    # a fork's parent, {dir, step, digest} (seqbench.fork); None for a run from scratch
+    parent: dict[str, Any] | None = None
+    # tokens_seen when this run's own steps began (a fork's: its parent's), so that
+    # tokens_per_second counts the steps this run made
+    start_tokens: int = 0
 
 
 def grad_norm_stats(pre: np.ndarray) -> dict[str, float] | None:
@@ -157,7 +162,8 @@ def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: 
         "train_seconds": train_s,
         # this process's own instants: created, first step, summary of the end
         "timing": dict(timing),
-        "tokens_per_second": st.tokens_seen / train_s if train_s > 0 else None,
+        "tokens_per_second": (st.tokens_seen - st.start_tokens) / train_s
+        if train_s > 0 else None,
         "clip": clip,
         "smoothness": None if smoothness is None else {
             **smoothness_stats(smoothness.column("probe_grad_norm"),
@@ -167,6 +173,7 @@ def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: 
                                      smoothness.column("smoothness"), st.status,
                                      st.divergence_step)},
         "resumed_from": st.resumed_from,
+        "parent": st.parent,
         "task": task,
         "parameters": parameters,
         "frozen": frozen,

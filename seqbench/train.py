@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seqbench import checkpoint as ckpt
+from seqbench import fork
 from seqbench.clipping import build_clipper, global_norm
 from seqbench.config import flat, frozen_names
 from seqbench.data.tasks import HasSuccess, Task, build_task
@@ -91,9 +92,14 @@ class Trainer:
         self.times: dict[str, float | None] = {"created_at": time.time(),
                                                "first_step_at": None, "ended_at": None}
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         # plain Python values: an OmegaConf attribute read costs ~20-40 us, several a step
         t = self.t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
+        t.init_from = getattr(t, "init_from", None)
+        # a fork never runs in its parent's directory: its start would replace the parent
+        problem = fork.own_dir_error(t.init_from, self.run_dir)
+        if problem is not None:
+            raise problem
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.flat_config = flat(cfg)  # ~0.5 ms to build; summary.json is written per flush
         self.task_given = task
         # metrics.parquet and param_metrics.parquet are encoded and written off this
@@ -115,9 +121,16 @@ class Trainer:
         elif path.exists():
             path.unlink()  # resume=never: start over
         resumed = bool(self.state.resumed_from)
+        if not resumed and t.init_from is not None:
+            # a fork: the parent's kept checkpoint (seqbench.fork); its directory is only
+            # read, and a resumed fork continues from its own checkpoint above instead
+            ckpt.start_fork(self, fork.find(t.init_from))
+            log.info("starting from %s at step %d", self.state.parent["dir"],
+                     self.state.steps_completed)
         if not resumed:
             for name in self.RUN_FILES:
                 (self.run_dir / name).unlink(missing_ok=True)
+            fork.remove_kept(self.run_dir)  # the replaced run's kept checkpoints
             for events in self.run_dir.glob("events.out.tfevents.*"):
                 events.unlink()
         # TensorBoard (trainer.tensorboard): a resumed run's new event file tells
@@ -167,6 +180,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
         self.buffer = StepBuffer(int(t.log_every), self.device)
         self.metrics = MetricsFile(self.run_dir / METRICS_FILE)
+        # trainer.keep_checkpoints: a flush, then checkpoint-STEP.pt, at these steps
+        self.keep_at = frozenset(int(s) for s in getattr(t, "keep_checkpoints", ()))
         self.state = RunState()
         self.host_lr: list[float] = []  # per step since the last flush, on the host
         self.host_wall: list[float] = []
@@ -272,7 +287,8 @@ class Trainer:
         every = self.t.eval_every
         if every and step % every == 0 and step != max_steps:
             self.evaluate(step)
-        return (self.buffer.full or step == max_steps) and self.end_window(step, max_steps)
+        return (self.buffer.full or step == max_steps or step in self.keep_at) \
+            and self.end_window(step, max_steps)
 
     # ---- one step, on the device ----------------------------------------------------
     def step(self) -> None:
@@ -408,6 +424,9 @@ class Trainer:
                 self.save_checkpoint(step)
             if time.perf_counter() - self.summary_written >= SUMMARY_EVERY_S:
                 self.write_summary()  # progress for a reader; the metrics file is per flush
+        if step in self.keep_at:  # a point other runs can start from (seqbench.fork)
+            ckpt.save(self.run_dir / fork.kept_name(step), ckpt.capture_kept(self, step))
+            log.info("kept the checkpoint at step %d", step)
         return False
 
     def evaluate(self, step: int) -> None:

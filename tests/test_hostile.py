@@ -316,6 +316,14 @@ REGRESSIONS = [
     (["optim=sgd", "optim.nesterov=true"], "optim.nesterov=True: needs optim.momentum > 0"),
     (["task=text_file", "task.path=" + "x" * 300],  # was: OSError, File name too long
      "task.path=" + "x" * 300 + ": cannot be read (File name too long)"),
+    # trainer.init_from without a parent (seqbench.fork)
+    (["trainer.init_from=nope"], "trainer.init_from=nope: no such run directory"),
+    (["trainer.init_from=''"], "trainer.init_from='': a run directory"),
+    (["trainer.init_from=/"], "trainer.init_from=/: keeps no checkpoint to start from"),
+    (["trainer.init_optimizer=true"],
+     "trainer.init_optimizer=True: only with trainer.init_from=RUN_DIR"),
+    (["trainer.keep_checkpoints=[601]"],
+     "trainer.keep_checkpoints=[601]: each step in [1, trainer.max_steps=600]"),
 ]
 
 
@@ -328,6 +336,83 @@ def test_each_bug_found_is_now_one_line(overrides, line, no_training, capsys, tm
     assert err.startswith("seqbench: error: " + line), err
     assert len(err.splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+
+
+# ---- forks: a parent that is missing, unusable or does not match, refused in one line --
+
+def _files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory) -> dict[str, Path]:
+    """A tiny parent keeping step 12, a damaged copy, a directory keeping nothing, and a
+    parent trained on a text file that has changed since."""
+    from seqbench.train import Trainer
+
+    root = tmp_path_factory.mktemp("parents")
+    Trainer(compose([*TINY, "trainer.keep_checkpoints=[12]"]), root / "p").run()
+    damaged = root / "damaged"
+    damaged.mkdir()
+    (damaged / "checkpoint-12.pt").write_bytes(os.urandom(512))
+    (root / "nothing").mkdir()
+    book = root / "book.txt"
+    book.write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    Trainer(compose([*TINY, "task=text_file", f"task.path={book}",
+                     "trainer.keep_checkpoints=[12]"]), root / "text").run()
+    book.write_text("THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG! " * 100)
+    return {"p": root / "p", "damaged": damaged, "nothing": root / "nothing",
+            "text": root / "text", "book": book}
+
+
+FORK = [*TINY, "trainer.max_steps=20"]
+FORKS = [  # (overrides, the line); {p} etc. are the parents above
+    (["trainer.init_from={p}@7"], "trainer.init_from={p}@7: has no checkpoint at step 7; "
+                                  "kept: 12"),
+    (["trainer.init_from={nothing}"], "trainer.init_from={nothing}: keeps no checkpoint"),
+    (["trainer.init_from={damaged}"],
+     "trainer.init_from={damaged}: checkpoint-12.pt is unreadable"),
+    (["trainer.init_from={p}", "model.hidden_size=32"],
+     "model.hidden_size=32: must be 16 as in the parent (trainer.init_from={p}): a fork "
+     "starts from its weights, data and random streams"),
+    (["trainer.init_from={p}", "model=gru"], "model.cell=gru: must be \"lstm\" as in the parent"),
+    (["trainer.init_from={p}", "task.seq_len=8"], "task.seq_len=8: must be 16 as in the parent"),
+    (["trainer.init_from={p}", "seed=1"], "seed=1: must be 0 as in the parent"),
+    (["trainer.init_from={p}", "trainer.accum_steps=2"],
+     "trainer.accum_steps=2: must be 1 as in the parent"),
+    (["trainer.init_from={p}", "trainer.init_optimizer=true", "optim=sgd"],
+     "optim.name=sgd: must be \"adam\" as in the parent (trainer.init_from={p}): "
+     "trainer.init_optimizer=true takes its optimizer's state"),
+    (["trainer.init_from={p}", "trainer.max_steps=12"],
+     "trainer.max_steps=12: must be > 12, the parent's step"),
+    (["trainer.init_from={p}", "trainer.keep_checkpoints=[5]"],
+     "trainer.keep_checkpoints=[5]: each step in [13, trainer.max_steps=20]"),
+    (["trainer.init_from={p}", "hydra.run.dir={p}"],
+     "trainer.init_from={p}: another run's directory, not this run's own"),
+    (["trainer.init_from={text}", "task=text_file", "task.path={book}"],
+     "task.path={book}: a vocabulary of 28 tokens other than the parent's "
+     "(trainer.init_from={text}): the parent was trained on other data"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "line"), FORKS, ids=lambda v: str(v)[:60])
+def test_each_bad_fork_is_one_line(overrides, line, parents, no_training, capsys, tmp_path,
+                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = {k: _files(p) for k, p in parents.items() if p.is_dir()}
+    rc, _, err = run_main(["train", *FORK, *(o.format(**parents) for o in overrides)],
+                          capsys)
+    assert rc == 2 and not no_training, err
+    assert err.startswith("seqbench: error: " + line.format(**parents)), err
+    assert len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+    assert {k: _files(p) for k, p in parents.items() if p.is_dir()} == before
+
+
+def test_a_good_fork_is_accepted(parents, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_config([*FORK, f"trainer.init_from={parents['p']}@12"]) == []
 
 
 ACCEPTED = [  # legitimate values that look odd: accepted, and kept as the data they are
@@ -493,6 +578,7 @@ def test_a_payload_through_the_real_process_runs_nothing(tmp_path):
     ["task=text_file", "task.path=/"],
     ["optim.lr=nan"],
     ["optim=sgd,adam"],
+    ["trainer.init_from=nope"],
 ])
 def test_hostile_argv_through_the_real_process(args, tmp_path):
     out = subprocess.run([sys.executable, "-m", "seqbench", "train", *args], cwd=tmp_path,
