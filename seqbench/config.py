@@ -29,7 +29,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seqbench import fork, precision, sizes, tblog
+from seqbench import fork, precision, sizes, spike, tblog
 from seqbench.checks import at_least, broken_rule, one_of, optional_above, rule
 from seqbench.clipping import CLIP
 from seqbench.confdir import conf_dir
@@ -37,6 +37,7 @@ from seqbench.data.tasks import TASKS
 from seqbench.errors import ConfigError, ConfigErrors
 from seqbench.models import CELLS, MODEL_SCHEMAS, TORCH_CELLS
 from seqbench.optim import OPTIM
+from seqbench.spike import SpikeConfig
 
 
 @dataclass
@@ -96,6 +97,8 @@ class TrainerConfig:
     keep_checkpoints: list[int] = rule([], "a list of steps", lambda v: isinstance(v, list)
                                        and all(isinstance(s, int) and not isinstance(s, bool)
                                                for s in v))
+    # exact disturbances at named steps (seqbench.spike); off unless spike.steps is set
+    spike: SpikeConfig = dataclasses.field(default_factory=SpikeConfig)
 
 
 @dataclass
@@ -197,8 +200,8 @@ def validate(cfg: DictConfig, *, check_data: bool = True, cache: dict | None = N
 
 
 def _fork_data_errors(resolved: dict, task) -> list[ConfigError]:
-    """What a fork needs of the built task (its vocabulary)."""
-    return fork.data_errors(resolved, task)
+    """What a fork and a spike need of the built task (its vocabulary, its batches)."""
+    return fork.data_errors(resolved, task) + spike.data_errors(resolved, task)
 
 
 def _key(obj: Any) -> str:
@@ -365,6 +368,7 @@ def field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
         return []
     out = []
     fields = _fields(schema)
+    nested = _nested(schema)
     for key in values:  # `+group.key=value` can add a key that the schema does not have
         if key not in fields:
             out.append(ConfigError(prefix + str(key), values[key],
@@ -372,6 +376,9 @@ def field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
     for name, check in fields.items():
         value = values[name]
         if not prefix and name in GROUPS:  # a group's values are checked with its schema
+            continue
+        if name in nested and isinstance(value, dict):  # a node of its own (trainer.spike)
+            out += field_errors(nested[name], value, f"{prefix}{name}.")
             continue
         if not _fits_int64(value):  # torch and numpy hold sizes, steps and seeds in int64
             out.append(ConfigError(prefix + name, value,
@@ -387,6 +394,13 @@ def field_errors(schema: Any, values: dict, prefix: str) -> list[ConfigError]:
 def _fields(schema: type) -> dict[str, Any]:
     """A schema's field names, in order, with their rules (None: no rule)."""
     return {f.name: f.metadata.get("check") for f in dataclasses.fields(schema)}
+
+
+@functools.cache
+def _nested(schema: type) -> dict[str, type]:
+    """A schema's fields that are schemas themselves (a default_factory dataclass)."""
+    return {f.name: f.default_factory for f in dataclasses.fields(schema)
+            if dataclasses.is_dataclass(f.default_factory)}
 
 
 def _fits_int64(value: Any) -> bool:
@@ -441,8 +455,10 @@ def _cross_errors(r: dict, schemas: dict[str, Any]) -> list[ConfigError]:
 
 
 def _fork_errors(r: dict) -> list[ConfigError]:
-    """trainer.init_from against its parent (read, never built)."""
-    return fork.config_errors(r, flatten(r))[0]
+    """trainer.init_from against its parent (read, never built), then trainer.spike
+    against the steps the run makes (a fork's count on from its parent's)."""
+    errors, parent_step = fork.config_errors(r, flatten(r))
+    return errors + spike.config_errors(r["trainer"], parent_step)
 
 
 def _model_family_errors(task: dict, model_schema: Any) -> list[ConfigError]:
@@ -510,4 +526,7 @@ def type_rule(cause: BaseException) -> str:
         return "must not be null"
     if "is not a ListConfig" in msg:
         return "must be a list: [a,b]"
+    m = re.search(r"is not a subclass of (\w+)Config", msg)
+    if m:  # a node of keys (trainer.spike): its keys are set one by one
+        return f"a group of keys ({m.group(1).lower()}); set each: KEY.NAME=VALUE"
     return msg

@@ -113,6 +113,9 @@ class RunSummary(TypedDict, total=False):
     config: dict[str, Any]            # the flat experiment config
     # a fork's parent (trainer.init_from; seqbench.fork), null for a run from scratch
     parent: dict[str, Any] | None     # {dir, step, digest}
+    # trainer.spike (seqbench.spike), null when off: its settings and `applied`, a list
+    # of {step, what} for the disturbed steps the run reached
+    spike: dict[str, Any] | None
     env: dict[str, Any]
     error: str | None
 

@@ -111,10 +111,12 @@ def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: 
               baseline: dict[str, Any], elapsed: float, timing: dict[str, float | None],
               clip: dict[str, Any] | None, task: dict[str, Any], parameters: int,
               frozen: list[str], config: dict[str, Any], env: dict[str, Any],
-              smoothness: MetricsFile | None = None) -> dict[str, Any]:
+              smoothness: MetricsFile | None = None,
+              spike: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json's contents. `elapsed` is the run's wall clock so far (a resumed run's
     includes its earlier part); `clip` is a stateful clipper's own summary, or None;
-    `smoothness` the probe's rows (trainer.smoothness_every), None when it is off."""
+    `smoothness` the probe's rows (trainer.smoothness_every), None when it is off;
+    `spike` the disturbances (seqbench.spike.SpikePlan.summary), None when off."""
     st = state
     losses = metrics.column("train_loss")
     pre = metrics.column("grad_norm_pre")
@@ -174,6 +176,7 @@ def summarize(state: RunState, metrics: MetricsFile, *, log_every: int, metric: 
                                      st.divergence_step)},
         "resumed_from": st.resumed_from,
         "parent": st.parent,
+        "spike": spike,
         "task": task,
         "parameters": parameters,
         "frozen": frozen,

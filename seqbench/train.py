@@ -37,6 +37,7 @@ from seqbench.config import flat, frozen_names
 from seqbench.data.tasks import HasSuccess, Task, build_task
 from seqbench.metrics import (
     EVAL_COLUMNS,
+    METRICS_SCHEMA,
     MetricsFile,
     ParamLog,
     StepBuffer,
@@ -65,6 +66,7 @@ from seqbench.rundir import (
     write_json,
 )
 from seqbench.smoothness import SMOOTHNESS_FILE, SmoothnessProbe
+from seqbench.spike import SPIKE_COLUMN, SPIKE_FIELD, SpikePlan
 from seqbench.summary import RunState, summarize, summary_line
 from seqbench.tblog import TensorBoardLog
 from seqbench.writer import MetricsWriter
@@ -179,7 +181,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
         self.buffer = StepBuffer(int(t.log_every), self.device)
-        self.metrics = MetricsFile(self.run_dir / METRICS_FILE)
+        # trainer.spike: the disturbed steps, known here (seqbench.spike); None: off
+        self.spike = SpikePlan.for_run(getattr(t, "spike", None), int(cfg.seed))
+        self.metrics = MetricsFile(self.run_dir / METRICS_FILE,
+                                   METRICS_SCHEMA.append(SPIKE_FIELD) if self.spike
+                                   else METRICS_SCHEMA)
+        self.host_spike: list[str | None] = []  # per step since the last flush (spike on)
         # trainer.keep_checkpoints: a flush, then checkpoint-STEP.pt, at these steps
         self.keep_at = frozenset(int(s) for s in getattr(t, "keep_checkpoints", ()))
         self.state = RunState()
@@ -293,6 +300,10 @@ class Trainer:
     # ---- one step, on the device ----------------------------------------------------
     def step(self) -> None:
         """One optimizer step; records its numbers into the device buffer, no host read."""
+        # trainer.spike's disturbance of this step, if any (a host-side lookup)
+        spike = self.spike.get(self.step_count + 1) if self.spike is not None else None
+        if spike is not None and spike.corrupt:  # this step reads random tokens
+            self.task.corrupt(self.spike.generator(self.step_count + 1))
         if self.accum == 1:  # the common case: no accumulator, no division kernels
             with self.autocast():
                 loss = self.task.train_loss(self.model, 0)
@@ -313,6 +324,8 @@ class Trainer:
         self.step_count += 1
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
+        if spike is not None and spike.grad_factor is not None:  # before clipping
+            torch._foreach_mul_(grads, spike.grad_factor)
         pre = global_norm(grads, 2.0)
         plog = self.param_log if self.param_log and self.param_log.active(self.step_count) \
             else None
@@ -324,6 +337,11 @@ class Trainer:
         probe = self.smooth if self.smooth and self.smooth.active(self.step_count) else None
         if probe:
             probe.before_update()
+        if spike is not None and spike.lr_factor is not None:
+            groups = self.optimizer.param_groups
+            lrs = [g["lr"] for g in groups]
+            for g in groups:
+                g["lr"] = g["lr"] * spike.lr_factor
         if self.scaler is not None:
             # GradScaler skips steps whose unscaled gradients hold inf/NaN (it reads that
             # flag on the host itself); those are AMP's normal operation, not divergence.
@@ -343,6 +361,11 @@ class Trainer:
         if probe:  # L̂ along the update just applied; leaves parameters and RNGs as they are
             probe.after_update(self.step_count)
         self.host_lr.append(self.optimizer.param_groups[0]["lr"])
+        if spike is not None and spike.lr_factor is not None:
+            for g, lr in zip(groups, lrs):
+                g["lr"] = lr  # the value itself back, never divided
+        if self.spike is not None:
+            self.host_spike.append(None if spike is None else spike.label)
         if self.schedule is not None:
             self.schedule.step()
         # Only the four raw numbers go to the buffer; the flags (non-finite, exploded,
@@ -383,7 +406,9 @@ class Trainer:
                 st.first_nonfinite_step = int(steps[i])
         cols = window_columns(steps[:stop_at], rows, f, self.host_lr, self.host_wall,
                               self.tokens_per_step, st.evals)
-        self.host_lr, self.host_wall = [], []
+        if self.spike is not None:
+            cols[SPIKE_COLUMN] = np.array(self.host_spike[:stop_at], dtype=object)
+        self.host_lr, self.host_wall, self.host_spike = [], [], []
         changed = [self.metrics] if self.metrics.add(cols) else []
         last = int(steps[stop_at - 1]) if stop_at else first_step - 1
         changed += [x.file for x in (self.param_log, self.smooth) if x and x.flush(last)]
@@ -460,7 +485,8 @@ class Trainer:
             timing=self.times, clip=clip, task=self.task.describe(),
             parameters=count_parameters(self.model), frozen=self.frozen,
             config=self.flat_config, env=self.env,
-            smoothness=self.smooth.file if self.smooth else None)
+            smoothness=self.smooth.file if self.smooth else None,
+            spike=self.spike.summary(self.state.steps_completed) if self.spike else None)
         write_json(self.run_dir / SUMMARY_FILE, summary, durable=ended)
         self.summary_written = time.perf_counter()
         return summary

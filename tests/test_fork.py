@@ -84,7 +84,7 @@ def test_a_fork_under_its_parents_config_continues_the_parent_exactly(parent, tm
                            "digest": experiment_digest(digest)}
     assert s["config"]["parent.step"] == FORK_AT
     assert s["config"]["parent.digest"] == s["parent"]["digest"]
-    assert summary(parent)["parent"] is None
+    assert s["spike"] is None and summary(parent)["parent"] is None
     # tokens per second counts the fork's own steps
     assert s["tokens_per_second"] == pytest.approx(
         20 * 4 * 16 / s["train_seconds"], rel=1e-9)

@@ -316,7 +316,26 @@ REGRESSIONS = [
     (["optim=sgd", "optim.nesterov=true"], "optim.nesterov=True: needs optim.momentum > 0"),
     (["task=text_file", "task.path=" + "x" * 300],  # was: OSError, File name too long
      "task.path=" + "x" * 300 + ": cannot be read (File name too long)"),
-    # trainer.init_from without a parent (seqbench.fork)
+    # trainer.spike (seqbench.spike) and trainer.init_from without a parent (seqbench.fork)
+    (["trainer.spike.steps=[5]"], "trainer.spike.steps=[5]: names no disturbance"),
+    (["trainer.spike.steps=[5]", "trainer.spike.grad_factor=0"],
+     "trainer.spike.grad_factor=0.0: null or a finite number > 0"),
+    (["trainer.spike.steps=[5]", "trainer.spike.lr_factor=nan"],
+     "trainer.spike.lr_factor=nan: null or a finite number > 0"),
+    (["trainer.spike.steps=[0]", "trainer.spike.grad_factor=2"],
+     "trainer.spike.steps=[0]: each step in [1, trainer.max_steps=600]"),
+    (["trainer.spike.steps=[5,5]", "trainer.spike.grad_factor=2"],
+     "trainer.spike.steps=[5, 5]: a list of distinct steps"),
+    (["trainer.spike.lr_factor=2"], "trainer.spike.lr_factor=2.0: needs trainer.spike.steps"),
+    (["trainer.spike.steps=[5]", "trainer.spike.grad_factor=2", "trainer.spike.lr_steps=3"],
+     "trainer.spike.lr_steps=3: only with trainer.spike.lr_factor"),
+    (["task=adding", "model=gru", "trainer.spike.steps=[5]", "trainer.spike.corrupt_batch=true"],
+     "trainer.spike.corrupt_batch=True: false for task adding: only tasks whose batches"),
+    (["task=regression_mlp", "model=mlp", "trainer.spike.steps=[5]",
+      "trainer.spike.corrupt_batch=true"],
+     "trainer.spike.corrupt_batch=True: false for task regression_mlp"),
+    (["trainer.spike.steps=5"], "trainer.spike.steps=5: must be a list"),
+    (["trainer.spike=1"], "trainer.spike=1: a group of keys"),
     (["trainer.init_from=nope"], "trainer.init_from=nope: no such run directory"),
     (["trainer.init_from=''"], "trainer.init_from='': a run directory"),
     (["trainer.init_from=/"], "trainer.init_from=/: keeps no checkpoint to start from"),
@@ -386,6 +405,9 @@ FORKS = [  # (overrides, the line); {p} etc. are the parents above
      "trainer.init_optimizer=true takes its optimizer's state"),
     (["trainer.init_from={p}", "trainer.max_steps=12"],
      "trainer.max_steps=12: must be > 12, the parent's step"),
+    (["trainer.init_from={p}", "trainer.spike.steps=[12]", "trainer.spike.grad_factor=2"],
+     "trainer.spike.steps=[12]: each step in [13, trainer.max_steps=20] (after the parent's "
+     "step 12"),
     (["trainer.init_from={p}", "trainer.keep_checkpoints=[5]"],
      "trainer.keep_checkpoints=[5]: each step in [13, trainer.max_steps=20]"),
     (["trainer.init_from={p}", "hydra.run.dir={p}"],
@@ -412,7 +434,8 @@ def test_each_bad_fork_is_one_line(overrides, line, parents, no_training, capsys
 
 def test_a_good_fork_is_accepted(parents, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert check_config([*FORK, f"trainer.init_from={parents['p']}@12"]) == []
+    assert check_config([*FORK, f"trainer.init_from={parents['p']}@12",
+                         "trainer.spike.steps=[13]", "trainer.spike.corrupt_batch=true"]) == []
 
 
 ACCEPTED = [  # legitimate values that look odd: accepted, and kept as the data they are
@@ -579,6 +602,7 @@ def test_a_payload_through_the_real_process_runs_nothing(tmp_path):
     ["optim.lr=nan"],
     ["optim=sgd,adam"],
     ["trainer.init_from=nope"],
+    ["trainer.spike.steps=[5]", "trainer.spike.grad_factor=inf"],
 ])
 def test_hostile_argv_through_the_real_process(args, tmp_path):
     out = subprocess.run([sys.executable, "-m", "seqbench", "train", *args], cwd=tmp_path,

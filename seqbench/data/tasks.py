@@ -149,6 +149,7 @@ class CharLMTask:
         self.train_stream: StreamBatches | None = None
         self.val_stream: StreamBatches | None = None
         self.hidden: list = []
+        self.corrupted: tuple[Tensor, Tensor] | None = None  # this step's random batch
 
     @classmethod
     def from_text(cls, name: str, text: str, cfg: CorpusTaskConfig, **kw) -> CharLMTask:
@@ -242,14 +243,31 @@ class CharLMTask:
     # ---- training -------------------------------------------------------------------
     def train_loss(self, model: nn.Module, j: int) -> Tensor:
         rows = slice(j * self.micro, (j + 1) * self.micro)
-        x, y = self.train_stream.current(rows)
+        if self.corrupted is None:
+            x, y = self.train_stream.current(rows)
+        else:
+            x, y = self.corrupted[0][rows], self.corrupted[1][rows]
         logits, hidden = model(x, self.hidden[j])
         self.hidden[j] = detach(hidden)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
     def advance(self) -> None:
+        self.corrupted = None
         if self.train_stream.advance():
             self.reset_state()
+
+    def corrupt(self, generator: torch.Generator) -> None:
+        """Replace this step's batch (input and target windows of every stream) by
+        uniformly random token ids drawn on the CPU from `generator` (trainer.spike's
+        corrupt_batch, seqbench.spike); `advance` moves on to the data as usual."""
+        b, t = self.cfg.batch_size, self.cfg.seq_len
+        tokens = torch.randint(self.vocab.size, (b, t + 1), generator=generator)
+        device = self.train_stream.data.device
+        if device.type == "cuda":  # pinned: the copy does not wait for the GPU
+            tokens = tokens.pin_memory().to(device, non_blocking=True)
+        else:
+            tokens = tokens.to(device)
+        self.corrupted = (tokens[:, :-1], tokens[:, 1:])
 
     def reset_state(self) -> None:
         self.hidden = [None] * len(self.hidden)
