@@ -53,12 +53,14 @@ commands:
                           tasks each one adds
 
   bench [--size SIZE] [--device cpu|cuda] | bench report | bench sweep |
-  bench validate [--jobs N...] | bench threads | bench packing
+  bench validate [--jobs N...] | bench threads | bench packing |
+  bench smoothness [--every N...]
                           time the training step against a bare PyTorch loop, the
                           report on 1,000 synthetic runs, a whole sweep under each
                           local launcher, a sweep's validation and resume scan at N
-                          jobs, train next to a busy process per thread setting, or
-                          K concurrent runs on one device (runs per hour per K);
+                          jobs, train next to a busy process per thread setting,
+                          K concurrent runs on one device (runs per hour per K), or
+                          the smoothness probe's slowdown at N = 100 and 10;
                           writes reports/bench/
 
 exit status: 0 done (a diverged run is a result), 2 invalid input, 1 unexpected error
@@ -346,7 +348,8 @@ def cmd_bench(args: list[str]) -> int:
     """`bench` times the step path; `bench report` the report at scale; `bench sweep` a
     preset under each local launcher; `bench validate` a sweep's validation at N jobs;
     `bench threads` `train` idle and next to a busy process per thread setting;
-    `bench packing` runs per hour with K concurrent runs on one device."""
+    `bench packing` runs per hour with K concurrent runs on one device; `bench smoothness`
+    the slowdown of the smoothness probe (trainer.smoothness_every=N)."""
     if args[:1] == ["report"]:
         from seqbench.bench.report_scale import main_report
 
@@ -367,6 +370,10 @@ def cmd_bench(args: list[str]) -> int:
         from seqbench.bench.packing import main as main_packing
 
         return main_packing(args[1:])
+    if args[:1] == ["smoothness"]:
+        from seqbench.bench.smoothness_cost import main as main_smoothness
+
+        return main_smoothness(args[1:])
     from seqbench.bench.step import main as bench_main
 
     return bench_main(args)

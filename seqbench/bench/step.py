@@ -287,15 +287,24 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def render_markdown(doc: dict[str, Any]) -> str:
-    m = doc["machine"]
-    name = m.get("device_name", f"CPU ({m['processor']}, {m['cpu_count']} cores)")
-    lines = [
-        f"# seqbench bench: {name}",
+def page_header(m: dict[str, Any], title: str) -> list[str]:
+    """A result page's first lines: the title with the device, then torch and the
+    machine (`m` as `machine` returns it; a `cpu_model` is named instead of the
+    processor)."""
+    cpu = m.get("cpu_model") or m["processor"]
+    name = m.get("device_name", f"CPU ({cpu}, {m['cpu_count']} cores)")
+    return [
+        f"# {title}: {name}",
         "",
         f"torch {m['torch']}, Python {m['python']}, {m['threads']} torch thread(s), "
         f"{m['platform']}" + (f", CUDA {m['cuda']}, cuDNN {m['cudnn']}" if "cuda" in m else ""),
         "",
+    ]
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        *page_header(doc["machine"], "seqbench bench"),
         "Produced by `python -m seqbench bench` (see `--help`). Tokens per second are the "
         "median over interleaved repeats; every variant trains the same model on the same "
         "data with the same optimizer and seed. (a) is a bare PyTorch loop with no metrics "
@@ -324,17 +333,20 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Merge this run's sizes into reports/bench/<device>.json and re-render the .md."""
+def write_results(doc: dict[str, Any], out_dir: Path, prefix: str = "",
+                  render: Callable[[dict[str, Any]], str] | None = None
+                  ) -> tuple[Path, Path]:
+    """Merge this run's sizes into reports/bench/<prefix><device>.json and re-render the
+    .md (with `render`, this module's page by default)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    slug = doc["machine"]["slug"]
+    slug = prefix + doc["machine"]["slug"]
     json_path, md_path = out_dir / f"{slug}.json", out_dir / f"{slug}.md"
     if json_path.exists():
         with contextlib.suppress(ValueError, KeyError, TypeError):
             old = json.loads(json_path.read_text())
             doc = {**doc, "sizes": {**old["sizes"], **doc["sizes"]}}
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    md_path.write_text(render_markdown(doc))
+    md_path.write_text((render or render_markdown)(doc))
     return json_path, md_path
 
 
@@ -384,6 +396,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def pick_device(choice: str) -> torch.device | None:
+    """`--device auto|cpu|cuda` (auto: CUDA where there is one); None, after one line on
+    stderr, for cuda where there is none."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        print("seqbench: error: --device=cuda: CUDA is not available here (cpu, auto)",
+              file=sys.stderr)
+        return None
+    return torch.device(choice)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(parser(), argv)
     if isinstance(args, int):
@@ -393,13 +417,8 @@ def main(argv: list[str]) -> int:
             print(f"seqbench: error: --{name}={getattr(args, name)}: a positive integer",
                   file=sys.stderr)
             return 2
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("seqbench: error: --device=cuda: CUDA is not available here (cpu, auto)",
-              file=sys.stderr)
+    device = pick_device(args.device)
+    if device is None:
         return 2
     if args.threads and device.type == "cpu":
         torch.set_num_threads(args.threads)
