@@ -8,8 +8,10 @@ per configuration (the seeds of one configuration pooled, so a panel is never tw
 experiments and never one seed picked out), log-log axes, the points coloured by the
 training step, so a trajectory reads from dark (early) to light (late). The dashed curve
 is the Theil–Sen fit L0 + L1·‖∇f‖ with the median L0 and L1 over the configuration's runs
-(the numbers of the smoothness table). Axes are shared within a context (optimizer and
-model), so the clip settings and learning rates of one model compare at a glance.
+(the numbers of the smoothness table). Each panel has axes of its own: one exploding seed
+spans three decades where the others stay within half of one, and shared axes would
+squash every other panel of its model into a corner (the numbers to compare across
+panels are in the smoothness table).
 
 Drawn only for runs that carry the probe (summary.json ``smoothness``); otherwise the
 figure is not applicable and the report reads as before. It is shown in the report's
@@ -47,6 +49,8 @@ from seqbench.report.tables import row_key
 #: only; every number in a table comes from the summaries, not from these).
 MAX_POINTS = 4000
 _CMAP = "viridis"
+#: The narrowest span of an axis, in decades.
+MIN_DECADES = 1.0
 
 
 def _grid(groups: list[int]) -> int:
@@ -62,11 +66,13 @@ def _grid(groups: list[int]) -> int:
 
 
 def _limits(x: np.ndarray, y: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Log-axis limits with a margin of a tenth of the span (of a decade when flat)."""
+    """Log-axis limits: the data with a margin of a tenth of its span, and at least one
+    decade (so that ticks at 1, 2, 5 x 10^k always fall inside, and a tight cluster
+    reads as tight instead of filling the panel)."""
     out = []
     for v in (x, y):
         lo, hi = math.log10(float(v.min())), math.log10(float(v.max()))
-        pad = max(0.1 * (hi - lo), 0.05)
+        pad = max(0.1 * (hi - lo), (MIN_DECADES - (hi - lo)) / 2)
         out.append((10 ** (lo - pad), 10 ** (hi + pad)))
     return out[0], out[1]
 
@@ -97,11 +103,6 @@ def smoothness_figure(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir,
     nrows = math.ceil(len(shown) / ncols)
     norm = Normalize(0, float(pts.step.max()))
     cmap = colormaps[_CMAP]
-    lims = {}
-    for c in shown:  # one pair of limits per context
-        k = row_key(recs[c], ctx)
-        sel = np.isin(cell, [d for d in shown if row_key(recs[d], ctx) == k])
-        lims.setdefault(k, _limits(pts.grad[sel], pts.smooth[sel]))
     rows: list[pd.DataFrame] = []
     thinned = 0
     with _style():
@@ -116,7 +117,7 @@ def smoothness_figure(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir,
                 sel = sel[np.linspace(0, len(sel) - 1, MAX_POINTS).round().astype(int)]
             x, y, s = pts.grad[sel], pts.smooth[sel], pts.step[sel]
             ax.scatter(x, y, c=s, cmap=cmap, norm=norm, s=6, alpha=0.7, linewidths=0)
-            (xl, yl) = lims[row_key(rec, ctx)]
+            xl, yl = _limits(pts.grad[cell == c], pts.smooth[cell == c])
             t = table.loc[c]
             if not (fmt.is_missing(t["L0_median"]) or fmt.is_missing(t["L1_median"])):
                 gx = np.geomspace(float(x.min()), float(x.max()), 200)  # no extrapolation
@@ -126,8 +127,9 @@ def smoothness_figure(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir,
             ax.set_yscale("log")
             ax.set_xlim(*xl)
             ax.set_ylim(*yl)
-            for axis in (ax.xaxis, ax.yaxis):  # 0.2, 0.5, 1, 2: no 2×10⁻¹ labels
-                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            for axis, (lo, hi) in ((ax.xaxis, xl), (ax.yaxis, yl)):  # 0.2, 0.5, 1: no 2×10⁻¹
+                subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) <= 2.2 else (1.0,)
+                axis.set_major_locator(LogLocator(base=10, subs=subs))
                 axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 axis.set_minor_formatter(NullFormatter())
             head = panel_title(rec.get("optim.name"), facets, row_key(rec, facets))
@@ -135,7 +137,7 @@ def smoothness_figure(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir,
                          f" · lr {fmt.lr(rec.get('optim.lr'))}", fontsize=9)
             rho = "" if fmt.is_missing(t["rho_mean"]) else f"\nmean ρ {t['rho_mean']:.2f}"
             ax.text(0.03, 0.97, f"runs {int(t['n_probed'])}/{int(t['n_runs'])} · "
-                    f"{len(np.flatnonzero(cell == c))} probes{rho}", transform=ax.transAxes,
+                    f"{_probes(int((cell == c).sum()))}{rho}", transform=ax.transAxes,
                     va="top", ha="left", fontsize=7,
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none",
                           "alpha": 0.75})
@@ -154,19 +156,17 @@ def smoothness_figure(runs_df: pd.DataFrame, cells_df: pd.DataFrame, runs_dir,
         fig.legend(handles=[fit], loc="outside lower center", frameon=False, fontsize=7.5)
         fig.suptitle("Local smoothness L̂ against the gradient norm along training")
     return Plot(fig, pd.concat(rows, ignore_index=True),
-                _caption(layout, ctx, pts.n_dropped, empty, recs, left_out, thinned))
+                _caption(layout, pts.n_dropped, empty, recs, left_out, thinned))
 
 
-def _caption(layout: Layout, ctx: list[str], dropped: int, empty: list[int], recs: dict,
-             left_out: int, thinned: int) -> str:
-    who = " and ".join(["optimizer", *[c for c in ctx if c != "optim.name"]]) \
-        if ctx else "report"
+def _caption(layout: Layout, dropped: int, empty: list[int], recs: dict, left_out: int,
+             thinned: int) -> str:
     text = (
         "L̂ = ‖∇f(x+½Δ) − ∇f(x)‖ / ‖½Δ‖, the local smoothness along the update Δ, against "
         "‖∇f‖, the gradient norm, both on the fixed probe batch, at every probe "
         "(trainer.smoothness_every steps), log scales; one panel per configuration, every "
         "seed of it pooled, points coloured by the training step (dark early, light late). "
-        f"Axes are shared within each {who}. Dashed, over the range of ‖∇f‖ drawn: "
+        "Each panel has its own axes (read the ticks). Dashed, over the range of ‖∇f‖ drawn: "
         "L0 + L1·‖∇f‖ with the median over the configuration's runs of each run's Theil–Sen "
         "L0 and L1 (the smoothness table). "
         "Zhang et al. (2020) found L̂ rising with ‖∇f‖ on LSTM language models: points "
@@ -186,6 +186,10 @@ def _caption(layout: Layout, ctx: list[str], dropped: int, empty: list[int], rec
                  f"probes show{'s' if thinned == 1 else ''} {MAX_POINTS} evenly spaced ones.")
     return text + (" Not shown: which seed a point belongs to, and the time order except "
                    "through the colour.")
+
+
+def _probes(n: int) -> str:
+    return f"{n} probe{'s' if n != 1 else ''}"
 
 
 def _name(rec: dict, facets) -> str:

@@ -218,6 +218,7 @@ def growth_sentence(table: pd.DataFrame, layout: Layout) -> str | None:
     t = table[table["n_rho"] > 0]
     if t.empty:
         return None
+    facets = [c for c in layout.facets if c in t.columns]
     ok = t[t["rho_lo"].notna()]
     up, down = int((ok["rho_lo"] > 0).sum()), int((ok["rho_hi"] < 0).sum())
     single = len(t) - len(ok)
@@ -231,19 +232,26 @@ def growth_sentence(table: pd.DataFrame, layout: Layout) -> str | None:
         if down:
             clauses.append(f"below 0 and clear of it in {down}")
         if rest:
+            zero = ok[(ok["rho_lo"] <= 0) & (ok["rho_hi"] >= 0)].to_dict("records")
+            named = (" (" + "; ".join(_setting_phrase(r, facets) for r in zero) + ")"
+                     if len(zero) <= 3 else "")
             clauses.append(f"its interval included 0 in {'the other' if up + down else 'all'}"
-                           f" {rest}")
+                           f" {rest}{named}")
         text += fmt.join(clauses)
         if single:
             text += f"; {single} more had one run with a ρ (no interval)"
     else:
         text += f"has no interval: each of the {single} configurations had one run with a ρ"
+    none = int((table["n_rho"] == 0).sum())
+    if none:
+        text += (f"; {none} configuration{'s' if none != 1 else ''} had no run with the 3 "
+                 "usable probes a ρ needs")
     text += f". Over runs, {runs_pos} of {runs_all} had ρ > 0."
     pool = ok if len(ok) else t  # a configuration with an interval, where there is one
     best = pool.loc[pool["rho_mean"].idxmax()].to_dict()
     largest = _iv(best["rho_mean"], best["rho_lo"], best["rho_hi"], 2, words=True)
     text += (f" The largest mean ρ was {largest}, with "
-             f"{_setting_phrase(best, [c for c in layout.facets if c in best])} "
+             f"{_setting_phrase(best, facets)} "
              f"({_runs(int(best['n_rho']))}).")
     return text + (" What this does not show: ρ ranks the probes of one trajectory, so it "
                    "says L̂ and ‖∇f‖ rose and fell together there, not that one drives the "
@@ -337,7 +345,11 @@ def warning_sentences(probe: sm.ProbeRuns, sens: pd.DataFrame) -> list[str]:
         text = (f"Early warning from {name} ({rule}): of {int(r['n_diverged'])} diverged runs "
                 f"it warned of {int(r['n_warned'])}{lead}, missed {int(r['n_missed'])} and "
                 f"{int(r['n_too_early'])} came too early")
-        if r["n_armed"]:
+        if not r["n_armed"]:
+            text = (f"Early warning from {name} ({rule}): all {int(r['n_diverged'])} "
+                    "divergences came before the rule was armed (too early), so there was "
+                    "none it could have warned of")
+        else:
             text += (f"; of the {int(r['n_armed'])} it was armed for, it warned of "
                      f"{_rate_words(int(r['n_warned']), int(r['n_armed']))}")
         alarms = _rate_words(int(r["n_false_alarm"]), int(r["n_not_diverged"]))
