@@ -388,6 +388,32 @@ def seq_length_best_bpc(r: Reports) -> str:
     return md_table(header, [False] * len(header), rows)
 
 
+def _bracket(mean: float, lo: float, hi: float, f: Callable[[float], str]) -> str:
+    """``mean [lo, hi]``, each formatted by ``f`` on its own (means near 0 stay short)."""
+    return fmt.MISSING if fmt.is_missing(mean) else f"{f(mean)} [{f(lo)}, {f(hi)}]"
+
+
+def smoothness_per_configuration(r: Reports) -> str:
+    """The smoothness preset: per model, clip and lr, the mean Spearman rho of log L-hat
+    with log |grad f| and the mean Theil-Sen L1 (95% t intervals over seeds), and the
+    median L-hat (reports/smoothness/smoothness.csv)."""
+    c = r.csv("smoothness", "smoothness")
+    rows = []
+    for model in MODELS:
+        for clip in ["none", "norm"]:
+            g = select(c, model__cell=model, clip__method=clip).sort_values("optim.lr")
+            for _, x in g.iterrows():
+                rows.append([MODELS[model], clip_label(x), fmt.lr(x["optim.lr"]),
+                             f"{fmt.num(x['n_rho'])} of {fmt.num(x['n_runs'])}",
+                             _bracket(x["rho_mean"], x["rho_lo"], x["rho_hi"],
+                                      lambda v: f"{v:.2f}"),
+                             _bracket(x["L1_mean"], x["L1_lo"], x["L1_hi"], fmt.num),
+                             fmt.num(x["median_L_median"])])
+    header = ["model", "clip", "lr", "runs with a ρ", "ρ mean [95% CI]", "L1 mean [95% CI]",
+              "median L̂"]
+    return md_table(header, [False, False, True, True, False, False, True], rows)
+
+
 TABLES: dict[str, Callable[[Reports], str]] = {
     "study_largest_trained_lr": study_largest_trained_lr,
     "study_best_bpc": study_best_bpc,
@@ -397,6 +423,7 @@ TABLES: dict[str, Callable[[Reports], str]] = {
     "pascanu_temporal_order": pascanu_temporal_order,
     "seq_length_largest_trained_lr": seq_length_largest_trained_lr,
     "seq_length_best_bpc": seq_length_best_bpc,
+    "smoothness_per_configuration": smoothness_per_configuration,
 }
 
 

@@ -1186,10 +1186,11 @@ def test_check_reports_a_missing_marker(tmp_path, capsys):
 
 def test_tables_read_columns_by_name(tmp_path):
     """Re-rendered reports gain columns (and may reorder them): the tables stay the same."""
-    for study in ["study", "clip_zoo", "threshold_sensitivity", "repro_mlp", "pascanu",
-                  "seq_length"]:
+    for study, names in [*((s, ["cells", "lr_summary"]) for s in [
+            "study", "clip_zoo", "threshold_sensitivity", "repro_mlp", "pascanu",
+            "seq_length"]), ("smoothness", ["smoothness"])]:
         (tmp_path / study).mkdir()
-        for name in ["cells", "lr_summary"]:
+        for name in names:
             df = R.csv(study, name)
             df = df.assign(extra_column=1.5, n_extra=7).iloc[:, ::-1]
             df.to_csv(tmp_path / study / f"{name}.csv", index=False)
