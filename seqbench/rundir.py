@@ -199,6 +199,20 @@ def validate_summary(data: object) -> dict:
     if not _smoothness_ok(data.get("smoothness")):
         raise SummaryError("summary.json smoothness is not null or {n, median_L, "
                            "spearman_log, fit} with numbers")
+    parent = data.get("parent")  # absent before forks existed
+    if parent is not None and not (
+            isinstance(parent, dict) and isinstance(parent.get("dir"), str)
+            and isinstance(parent.get("step"), int) and not isinstance(parent["step"], bool)
+            and isinstance(parent.get("digest"), str)):
+        raise SummaryError("summary.json parent is not null or {dir, step, digest} (a string, "
+                           "an integer and a string)")
+    spike = data.get("spike")
+    applied = spike.get("applied") if isinstance(spike, dict) else None
+    if spike is not None and not (isinstance(applied, list) and all(
+            isinstance(a, dict) and isinstance(a.get("step"), int)
+            and isinstance(a.get("what"), str) for a in applied)):
+        raise SummaryError("summary.json spike is not null or an object whose applied is a "
+                           "list of {step, what} (an integer and a string)")
     error = data.get("error")
     if error is not None and not isinstance(error, str):  # a message, whatever wrote it
         data["error"] = json.dumps(error, sort_keys=True)

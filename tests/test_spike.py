@@ -151,3 +151,18 @@ def test_cuda_spike_steps_make_no_sync(tiny_cfg, tmp_path):
     trainer.flush(1)
     assert trainer.metrics.column("spike").tolist()[1:3] == ["grad_factor=8,lr_factor=2,"
                                                              "corrupt_batch"] * 2
+
+
+def test_summaries_of_forks_and_spikes_validate_and_bad_shapes_are_refused(parent, tmp_path):
+    from seqbench.rundir import SummaryError, validate_summary
+
+    child = forked(parent, tmp_path / "child", "trainer.spike.steps=[13]",
+                   "trainer.spike.grad_factor=4")
+    data = json.loads((child / "summary.json").read_text())
+    assert data["parent"]["step"] == PARENT_STEPS and data["spike"]["applied"][0]["step"] == 13
+    validate_summary(json.loads(json.dumps(data)))
+    for key, bad in [("parent", {"dir": "x", "step": "10", "digest": "d"}),
+                     ("parent", [1]), ("spike", {"applied": [{"step": 13}]}),
+                     ("spike", "grad_factor=4")]:
+        with pytest.raises(SummaryError, match=key):
+            validate_summary({**json.loads(json.dumps(data)), key: bad})
