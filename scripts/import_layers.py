@@ -34,7 +34,7 @@ LAYERS = [
                               "seqbench.optim", "seqbench.precision", "seqbench.sizes",
                               "seqbench.tblog"]),
     ("config", ["seqbench.config", "seqbench.confdir", "seqbench.plugin_loader",
-                "seqbench.plugins"]),
+                "seqbench.plugins", "seqbench.fork", "seqbench.spike"]),
     ("train", ["seqbench.train", "seqbench.checkpoint", "seqbench.metrics", "seqbench.writer",
                "seqbench.process", "seqbench.progress", "seqbench.summary", "seqbench.clipper",
                "seqbench.smoothness", "seqbench.early_warning"]),

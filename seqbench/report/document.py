@@ -17,6 +17,7 @@ from seqbench.report import length
 from seqbench.report.collect import CollectResult
 from seqbench.report.figures import FigureResult
 from seqbench.report.layout import Layout, enrich
+from seqbench.report.paired import paired_comparisons, paired_table
 from seqbench.report.sentences import (
     _counts,
     _seeds_phrase,
@@ -81,6 +82,8 @@ class Section:
     note: str
     figures: list[FigureResult] = field(default_factory=list)
     length: LengthPart | None = None
+    #: the paired comparisons against no clipping (``paired.paired_table``); empty: none
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def title(self) -> str:
@@ -100,9 +103,10 @@ def sections(
 
     ``layout``: the report's (derived from the tables when not given)."""
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
+    runs = collected.runs if "cell" in collected.runs.columns else enrich(collected.runs)
     # the smoothness figure is shown in its own section (smoothness_part)
     figures = [f for f in figures if f.kind != SMOOTHNESS_FIGURE]
-    groups = split_by_task(collected.runs, cells_df, stable_df)
+    groups = split_by_task(runs, cells_df, stable_df)
     if len(groups) <= 1:
         own = layout.within(cells_df)
         metric = groups[0][0].metric if groups else BPC
@@ -117,6 +121,7 @@ def sections(
                 cells_note(metric, success),
                 list(figures),
                 LengthPart.of(collected.runs, cells_df),
+                paired_table(paired_comparisons(runs, own)),
             )
         ]
     out = []
@@ -140,6 +145,7 @@ def sections(
                 cells_note(group.metric, group.has_success),
                 [f for f in figures if f.task is not None and f.task.slug == group.slug],
                 LengthPart.of(runs_g, cells_g),
+                paired_table(paired_comparisons(runs_g, own)),
             )
         )
     return out

@@ -24,6 +24,8 @@ from seqbench.report.document import (
 )
 from seqbench.report.figures import FigureResult
 from seqbench.report.layout import Layout
+from seqbench.report.paired import HEADING as PAIRED_HEADING
+from seqbench.report.paired import NOTE as PAIRED_NOTE
 from seqbench.report.sentences import (
     DAMAGED_HEADING,
     DAMAGED_NOTE,
@@ -133,7 +135,11 @@ def _html_section(sec: Section) -> list[str]:
         _html_table(sec.cells),
         f'<{h} id="{pre}figures">Figures</{h}>',
     ]
-    return parts + _html_figures(sec.figures)
+    parts += _html_figures(sec.figures)
+    if not sec.paired.empty:  # after the figures, as in the Markdown
+        parts += [f'<{h} id="{pre}paired">{e(PAIRED_HEADING)}</{h}>',
+                  f"<p>{_md_emphasis(e(PAIRED_NOTE))}</p>", _html_table(sec.paired)]
+    return parts
 
 
 def _html_figures(figures: Sequence[FigureResult]) -> list[str]:

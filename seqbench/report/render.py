@@ -38,6 +38,9 @@ from seqbench.report.document import (
 from seqbench.report.figures import FigureResult
 from seqbench.report.html_page import render_html
 from seqbench.report.layout import Layout
+from seqbench.report.paired import HEADING as PAIRED_HEADING
+from seqbench.report.paired import NOTE as PAIRED_NOTE
+from seqbench.report.paired import paired_comparisons
 from seqbench.report.sentences import (
     DAMAGED_HEADING,
     DAMAGED_NOTE,
@@ -118,6 +121,8 @@ def _md_section(sec: Section) -> list[str]:
                 f"_{f.caption}_",
                 "",
             ]
+    if not sec.paired.empty:  # after the figures: tests read Configurations..Figures
+        lines += [f"{h} {PAIRED_HEADING}", "", PAIRED_NOTE, "", _md_table(sec.paired)]
     return lines
 
 
@@ -207,7 +212,8 @@ def write_documents(
     layout: Layout | None = None,
 ) -> dict[str, Path]:
     """Write runs.csv, cells.csv, lr_summary.csv, answer.csv, report.md and report.html
-    into ``out_dir`` (and smoothness.csv when runs carried the smoothness probe).
+    into ``out_dir`` (and smoothness.csv when runs carried the smoothness probe,
+    paired.csv when runs pair with unclipped ones: ``seqbench.report.paired``).
 
     A ``stable_lr.csv`` left by a report of before lr_summary.csv is removed, so a
     re-rendered directory never shows the old table beside the new one. ``layout``: the
@@ -242,6 +248,13 @@ def write_documents(
         else:
             paths[name] = path
             _atomic_write(path, _csv(table))
+    # paired.csv: only when some runs pair with an unclipped run (removed otherwise)
+    pairs = paired_comparisons(runs_df, layout)
+    if pairs.empty:
+        (out / "paired.csv").unlink(missing_ok=True)
+    else:
+        paths["paired_csv"] = out / "paired.csv"
+        _atomic_write(paths["paired_csv"], _csv(pairs))
     # smoothness.csv: only for runs that carried the smoothness probe (removed otherwise)
     smooth = smoothness_part(collected, cells_df, figures, layout)
     if smooth is None:

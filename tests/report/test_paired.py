@@ -1,0 +1,124 @@
+"""Paired comparisons against no clipping (seqbench.report.paired), checked against scipy
+called here on the same hand-made pairs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from seqbench.report.collect import RUN_COLUMNS, CollectResult
+from seqbench.report.layout import Layout, enrich
+from seqbench.report.lr_summary import lr_summary
+from seqbench.report.paired import HEADING, paired_comparisons, paired_table
+from seqbench.report.render import render_markdown
+from seqbench.report.stats import cells
+
+# seven seeds of no clipping and of norm clipping at 1 (lr 0.1); the setting's seed 6
+# diverged (non-finite, not trained), and none's seed 5 did not train
+NONE = [3.10, 3.20, 3.05, 3.30, 3.15, 3.40, 3.25]
+NORM = [3.00, 3.18, 2.90, 3.10, 3.16, 3.20, math.nan]
+NONE_TRAINED = [True, True, True, True, True, False, True]
+NORM_TRAINED = [True, True, True, True, True, True, False]
+
+
+def _run(method, seed, metric, trained, lr=0.1, max_norm=1.0):
+    finite = math.isfinite(metric)
+    return {"run_dir": f"{method}-{lr}-{seed}", "status": "completed" if finite else "diverged",
+            "outcome": ("trained" if trained else "no_progress") if finite else "diverged",
+            "final_val_metric": metric, "metric": "bpc", "metric_unit": "bits/char",
+            "metric_lower_is_better": True, "task.name": "shakespeare",
+            "optim.name": "sgd", "optim.lr": lr, "clip.method": method,
+            "clip.max_norm": max_norm, "seed": seed}
+
+
+def _runs(extra=()):
+    rows = [_run("none", s, m, t) for s, (m, t) in enumerate(zip(NONE, NONE_TRAINED))]
+    rows += [_run("norm", s, m, t) for s, (m, t) in enumerate(zip(NORM, NORM_TRAINED))]
+    df = pd.DataFrame([*rows, *extra])
+    for c in RUN_COLUMNS:  # the run-level fields a report reads, missing here
+        if c not in df.columns:
+            df[c] = np.nan
+    return enrich(df)
+
+
+def _paired(runs):
+    return paired_comparisons(runs, Layout.of(runs, cells(runs)))
+
+
+def test_differences_match_scipy():
+    out = _paired(_runs())
+    assert len(out) == 1
+    r = out.iloc[0]
+    d = np.array(NORM[:6]) - np.array(NONE[:6])  # the non-finite pair is dropped
+    assert r["n_pairs"] == 7 and r["n_diff"] == 6
+    half = sps.t.ppf(0.975, 5) * d.std(ddof=1) / math.sqrt(6)
+    assert r["mean_diff"] == pytest.approx(d.mean())
+    assert (r["diff_lo"], r["diff_hi"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    lo, hi = sps.t.interval(0.95, 5, loc=d.mean(), scale=sps.sem(d))
+    assert (r["diff_lo"], r["diff_hi"]) == pytest.approx((lo, hi))
+    assert r["wilcoxon_p"] == pytest.approx(sps.wilcoxon(d).pvalue)
+
+
+def test_two_by_two_and_mcnemar_match_scipy():
+    r = _paired(_runs()).iloc[0]
+    # the non-finite pair stays in the 2x2: only none trained there
+    assert (r["both_trained"], r["only_setting"], r["only_none"], r["neither"]) == (5, 1, 1, 0)
+    assert r["mcnemar_p"] == pytest.approx(sps.binomtest(1, 2, 0.5).pvalue)
+    # no discordant pairs: no McNemar p
+    runs = _runs()
+    runs["outcome"] = np.where(runs["outcome"] == "diverged", "diverged", "trained")
+    runs.loc[(runs["clip.method"] == "none") & (runs["seed"] == 6), "outcome"] = "no_progress"
+    r = _paired(runs).iloc[0]
+    assert r["only_setting"] == r["only_none"] == 0 and math.isnan(r["mcnemar_p"])
+
+
+def test_fewer_than_six_pairs_have_no_wilcoxon():
+    runs = _runs()
+    runs = runs[runs["seed"] < 5]
+    r = _paired(runs).iloc[0]
+    assert r["n_diff"] == 5 and math.isnan(r["wilcoxon_p"])
+    d = np.array(NORM[:5]) - np.array(NONE[:5])
+    assert (r["diff_lo"], r["diff_hi"]) == pytest.approx(
+        sps.t.interval(0.95, 4, loc=d.mean(), scale=sps.sem(d)))
+
+
+def test_unmatched_seeds_and_other_contexts_do_not_pair():
+    extra = [_run("norm", 11, 3.0, True), _run("norm", 12, 3.1, True),  # no unclipped twin
+             _run("norm", 0, 2.0, True, lr=0.2)]  # another lr: no none there
+    r = _paired(_runs(extra))
+    assert len(r) == 1 and r.iloc[0]["n_pairs"] == 7
+    # no shared seed at all: nothing pairs
+    runs = _runs()
+    runs.loc[runs["clip.method"] == "norm", "seed"] += 100
+    assert _paired(runs).empty and paired_table(_paired(runs)).empty
+
+
+def test_parents_are_part_of_the_pair():
+    runs = _runs()
+    runs["parent.digest"] = "a"
+    runs.loc[(runs["clip.method"] == "norm") & (runs["seed"] < 2), "parent.digest"] = "b"
+    assert _paired(runs).iloc[0]["n_pairs"] == 5
+
+
+def test_display_table():
+    table = paired_table(_paired(_runs()))
+    row = table.iloc[0]
+    shown = (row["context"], row["lr"], row["setting"], row["pairs"])
+    assert shown == ("SGD", "0.1", "norm 1", "7")
+    assert row["both / only setting / only none / neither"] == "5 / 1 / 1 / 0"
+    assert "[" in row["mean difference in bpc [95% CI]"]
+
+
+def _markdown(runs):
+    collected = CollectResult(runs_dir=pd.io.common.Path("/nonexistent"), runs=runs)
+    cells_df = cells(runs)
+    return render_markdown(collected, cells_df, lr_summary(cells_df, runs), [], "t")
+
+
+def test_section_only_with_pairs():
+    assert f"## {HEADING}" in _markdown(_runs())
+    assert HEADING not in _markdown(_runs()[lambda d: d["clip.method"] != "none"])
