@@ -72,7 +72,13 @@ LAST_OUTCOME: SweepOutcome | None = None
 
 
 def format_value(value: Any) -> str:
-    """A YAML value as Hydra override text."""
+    """A YAML value as Hydra override text (parsed back by Hydra to the same value).
+
+    A string that Hydra's override grammar would split or misread (one containing `=`,
+    `,`, a quote, a bracket or a parenthesis, such as a fork's parent
+    `runs/p/seed=0@500`, or blank at either end) is quoted; any other is written as it is,
+    so job names of ordinary grids do not change.
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -83,7 +89,23 @@ def format_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
-    return str(value)
+    text = str(value)
+    if isinstance(value, str) and (_NEEDS_QUOTES.search(text) or text != text.strip()
+                                   or not text):
+        return _quoted(text)
+    return text
+
+
+_NEEDS_QUOTES = re.compile(r"[=,'\"\[\]()\\]")
+
+
+def _quoted(text: str) -> str:
+    """`text` in single quotes, as Hydra's grammar reads it back: a quote is escaped with
+    a backslash, and a run of backslashes is doubled where it precedes a quote or the
+    closing quote (elsewhere backslashes are literal)."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
 
 
 def _values(v: Any) -> list[Any]:
@@ -112,6 +134,12 @@ def expand(grids: Iterable[Mapping[str, Any]], cli: Mapping[str, list[str]] | No
            ) -> list[Job]:
     """Union of the grids' cartesian products; command-line values replace grid values.
 
+    A grid key that starts with `_` is not a config key but an axis of *linked settings*:
+    its value is a list of mappings, each a set of overrides that go together (a clip
+    method with its own threshold; a fork's parent with the parent's seed; `{}`: none).
+    Without it, settings that only make sense together would need one grid per
+    combination. A command-line value replaces the same key inside linked settings too.
+
     Jobs are named from their own grid keys (never from the other jobs), so a name is
     stable when grids are added or removed. Exact duplicate override sets are dropped
     here; jobs that compose to the same config are dropped after composition.
@@ -119,32 +147,62 @@ def expand(grids: Iterable[Mapping[str, Any]], cli: Mapping[str, list[str]] | No
     cli = dict(cli or {})
     jobs: list[Job] = []
     seen: set[tuple[str, ...]] = set()
+    names: dict[str, tuple[str, ...]] = {}
     for grid in grids:
-        axes = {k: [f"{k}={format_value(v)}" for v in _values(vals)] for k, vals in grid.items()}
-        axes.update(cli)
-        keys = _ordered(axes)
-        for combo in itertools.product(*(axes[k] for k in keys)):
-            identity = tuple(sorted(combo))
+        # each axis: a list of choices; a choice: items (key, override or None, name or None)
+        axes: dict[str, list[tuple[tuple[str, str | None, str | None], ...]]] = {}
+        for k, vals in grid.items():
+            if k.startswith("_"):
+                axes[k] = [_linked(k, choice, cli) for choice in _values(vals)]
+            elif k not in cli:
+                axes[k] = [((k, o, o),) for o in (f"{k}={format_value(v)}" for v in _values(vals))]
+        for k, overrides in cli.items():
+            axes[k] = [((k, o, o if len(overrides) > 1 else None),) for o in overrides]
+        for combo in itertools.product(*(axes[k] for k in _ordered(axes))):
+            chosen = sorted((item for choice in combo for item in choice),
+                            key=lambda item: _rank(item[0]))
+            overrides = tuple(o for _, o, _ in chosen if o is not None)
+            identity = tuple(sorted(overrides))
             if identity in seen:
                 continue
             seen.add(identity)
-            named = [o.lstrip("+~") for k, o in zip(keys, combo) if k in grid or len(axes[k]) > 1]
-            jobs.append(Job(job_name(named), tuple(combo)))
+            name = job_name([n.lstrip("+~") for _, _, n in chosen if n is not None])
+            if names.setdefault(name, identity) != identity:
+                raise ValueError(f"_name: two different jobs would both be named {name!r}; "
+                                 "give linked settings names that tell them apart")
+            jobs.append(Job(name, overrides))
     return jobs
 
 
-def _ordered(axes: Mapping[str, list[str]]) -> list[str]:
+def _linked(key: str, choice: Any, cli: Mapping[str, list[str]]
+            ) -> tuple[tuple[str, str | None, str | None], ...]:
+    """One choice of a linked-settings axis as items (key, override, name). `_name: TEXT`
+    names the choice in job directory names instead of its overrides (a fork's parent
+    path would make the name unreadable)."""
+    if not isinstance(choice, Mapping) or any(
+            str(k).startswith("_") and k != "_name" for k in choice):
+        raise ValueError(f"{key}: linked settings are a list of mappings of override keys to "
+                         f"values (`{{}}` for none; `_name: TEXT` to name one), got {choice!r}")
+    label = choice.get("_name")
+    items = [(k, f"{k}={format_value(v)}", None) for k, v in choice.items()
+             if k != "_name" and k not in cli]
+    if label is None:
+        return tuple((k, o, o) for k, o, _ in items)
+    return (*items, (key, None, str(label)))
+
+
+def _ordered(axes: Iterable[str]) -> list[str]:
+    return sorted(axes, key=_rank)
+
+
+def _rank(key: str) -> tuple[int, str]:
     """Group choices first (optim before optim.lr), then other keys, seed last."""
     order = ("task", "model", "optim", "clip", "trainer")
-
-    def rank(k: str) -> tuple[int, str]:
-        bare = k.lstrip("+~")
-        if bare == "seed":
-            return (len(order) + 1, bare)
-        group = bare.split(".")[0]
-        return (order.index(group) if group in order else len(order), bare)
-
-    return sorted(axes, key=rank)
+    bare = key.lstrip("+~")
+    if bare == "seed":
+        return (len(order) + 1, bare)
+    group = bare.split(".")[0]
+    return (order.index(group) if group in order else len(order), bare)
 
 
 def job_name(overrides: Sequence[str]) -> str:

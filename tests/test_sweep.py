@@ -225,3 +225,76 @@ def test_clip_zoo_compares_every_method(tmp_path):
     md = (report / "report.md").read_text()
     for name in CLIP.names():
         assert name in md
+
+
+# ---- values Hydra must read back, and linked settings -----------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _parsed(text: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(text).value()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab/.@=,'\"[]()\\ _-:"), max_size=12))
+def test_a_string_with_override_syntax_in_it_is_read_back_by_hydra_as_it_was(text):
+    if not any(c in text for c in "=,'\"[]()\\") and text == text.strip() and text:
+        return  # written as it is: covered below
+    assert _parsed(f"k={sw.format_value(text)}") == text
+
+
+def test_ordinary_values_are_written_as_they_are():
+    # job names of existing presets must not change
+    for value, text in [("none", "none"), ("runs/p/a@500", "runs/p/a@500"), (0.5, "0.5"),
+                        (True, "true"), (None, "null"), ([1, "embed.*"], "[1,embed.*]")]:
+        assert sw.format_value(value) == text
+    assert sw.format_value("runs/p/seed=0@500") == "'runs/p/seed=0@500'"
+
+
+def test_linked_settings_go_together_and_name_the_job():
+    grid = {"model": "lstm",
+            "_clip": [{"clip": "none"}, {"clip": "norm", "clip.max_norm": 0.5}],
+            "_parent": [{"trainer.init_from": "runs/p/seed=0@500", "seed": 0},
+                        {"trainer.init_from": "runs/p/seed=1@500", "seed": 1}],
+            "_spike": [{}, {"trainer.spike.steps": [600], "trainer.spike.grad_factor": 10}]}
+    jobs = sw.expand([grid])
+    assert len(jobs) == 2 * 2 * 2
+    for job in jobs:
+        o = job.overrides
+        seed = [x for x in o if x.startswith("seed=")]
+        parent = [x for x in o if x.startswith("trainer.init_from=")]
+        assert parent == [f"trainer.init_from='runs/p/seed={seed[0][5:]}@500'"]
+        assert ("clip.max_norm=0.5" in o) == ("clip=norm" in o)
+        assert ("trainer.spike.grad_factor=10" in o) == ("trainer.spike.steps=[600]" in o)
+        assert o.index("clip=norm" if "clip=norm" in o else "clip=none") < len(o) - 1
+        assert o[-1] == seed[0]  # seed last, group choices before their keys
+    control = [j for j in jobs if not any("spike" in x for x in j.overrides)]
+    assert len(control) == 4 and all("spike" not in j.name for j in control)
+    assert len({j.name for j in jobs}) == len(jobs)
+    # a command-line value replaces the same key inside linked settings
+    cli = sw.split_cli_overrides(["clip.max_norm=2"])
+    assert {x for j in sw.expand([grid], cli) for x in j.overrides
+            if x.startswith("clip.max_norm")} == {"clip.max_norm=2"}
+
+
+@pytest.mark.parametrize("bad", [["clip=none"], [{"_x": 1}], "none"])
+def test_linked_settings_that_are_not_mappings_are_refused_with_the_key(bad):
+    with pytest.raises(ValueError, match="_clip: linked settings"):
+        sw.expand([{"_clip": bad}])
+
+
+def test_a_linked_choice_with_a_name_is_named_by_it_and_names_must_differ():
+    parents = [{"_name": f"parent=s{s}", "trainer.init_from": f"runs/p/seed={s}@500",
+                "seed": s} for s in (0, 1)]
+    jobs = sw.expand([{"clip": ["none", "value"], "_parent": parents}])
+    assert sorted(j.name for j in jobs) == ["clip=none,parent=s0", "clip=none,parent=s1",
+                                            "clip=value,parent=s0", "clip=value,parent=s1"]
+    assert all(any(o.startswith("trainer.init_from='runs/p/seed=") for o in j.overrides)
+               and not any("parent=" in o for o in j.overrides) for j in jobs)
+    same = [dict(p, _name="parent") for p in parents]
+    with pytest.raises(ValueError, match="both be named 'clip=none,parent'"):
+        sw.expand([{"clip": ["none", "value"], "_parent": same}])

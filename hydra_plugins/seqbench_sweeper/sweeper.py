@@ -132,7 +132,10 @@ class SeqbenchSweeper(Sweeper):
             cli = sw.split_cli_overrides(arguments)
         except Exception as e:  # a malformed override or an unsupported sweep
             return [], [], [("command line", f"overrides: {str(e).splitlines()[0]}")], [], 0
-        jobs = sw.expand(self.grids, cli)
+        try:
+            jobs = sw.expand(self.grids, cli)
+        except ValueError as e:  # linked settings that are not mappings
+            return [], [], [(f"preset {self.preset}", f"hydra.sweeper.grids.{e}")], [], 0
         extra = self._extra_overrides(cli)
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
         sweep_dir = Path(self.config.hydra.sweep.dir)
