@@ -77,7 +77,7 @@ from typing import Any
 import torch
 
 from seqbench.errors import ConfigError
-from seqbench.rundir import differences, experiment_digest
+from seqbench.rundir import REPLICATE_KEYS, differences, experiment_digest
 
 KEY = "trainer.init_from"
 _KEPT = re.compile(r"checkpoint-([0-9]+)\.pt")
@@ -134,6 +134,14 @@ class Parent:
     config: dict  # the parent's experiment config (flat)
     digest: str
     fingerprint: dict | None
+
+    @property
+    def lineage(self) -> str:
+        """A digest of the parent's experiment without its seed: the same for the parents
+        of one configuration trained under several seeds (the report groups their forks
+        into one configuration by it, and pairs them by `parent.digest`)."""
+        return experiment_digest({k: v for k, v in self.config.items()
+                                  if k not in REPLICATE_KEYS})
 
     def block(self) -> dict[str, Any]:
         """summary.json's `parent`."""
@@ -204,13 +212,15 @@ def _read(path: str, mtime_ns: int, size: int) -> dict | str:
 
 
 def identity(text: Any) -> dict[str, Any]:
-    """The flat config's `parent.step` and `parent.digest` for `trainer.init_from=text`
+    """The flat config's `parent.step`, `parent.digest` and `parent.lineage` for
+    `trainer.init_from=text`
     (null when there is no such parent: validation says why)."""
     try:
         parent = find(text)
     except ConfigError:
-        return {"parent.step": None, "parent.digest": None}
-    return {"parent.step": parent.step, "parent.digest": parent.digest}
+        return {"parent.step": None, "parent.digest": None, "parent.lineage": None}
+    return {"parent.step": parent.step, "parent.digest": parent.digest,
+            "parent.lineage": parent.lineage}
 
 
 def _matching(flat: dict, keys: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()

@@ -255,6 +255,12 @@ def _smoothness_ok(sm: object) -> bool:
 NON_EXPERIMENT_KEYS = ("trainer.progress", "trainer.device", "trainer.threads",
                        "trainer.log_every", "trainer.checkpoint_every", "trainer.resume",
                        "trainer.tensorboard", "trainer.keep_checkpoints")
+#: Config keys that tell apart the replicates of one configuration: the seed, and a
+#: fork's parent (trained under that seed). The report groups runs that differ only in
+#: these into one configuration, and pairs runs of two configurations by them;
+#: `parent.lineage` (the parent's experiment without its seed) and `parent.step` stay in
+#: the configuration.
+REPLICATE_KEYS = ("seed", "trainer.init_from", "parent.digest")
 
 #: Values that mean "switched off". Options are added switched off, so a key that only one
 #: side has matches when its value there is one of these.

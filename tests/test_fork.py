@@ -149,7 +149,26 @@ def test_the_parent_is_part_of_the_forks_experiment(tmp_path):
     again = flat(compose([*small, "trainer.max_steps=14", f"trainer.init_from={parent}"]))
     assert not finished(child, again)
     clash = conflict(child, again)
-    assert clash is not None and [k for k, _, _ in clash.differ] == ["parent.digest"]
+    assert clash is not None and [k for k, _, _ in clash.differ] == ["parent.digest",
+                                                                    "parent.lineage"]
+
+
+def test_forks_of_parents_that_differ_only_in_seed_share_a_lineage(tmp_path):
+    """The report groups such forks into one configuration (parent.lineage) and pairs
+    them by parent (parent.digest); a parent of another config has another lineage."""
+    small = [*TINY, "trainer.deterministic=true", "optim=sgd", "trainer.max_steps=6",
+             "trainer.keep_checkpoints=[6]"]
+    for name, extra in (("s0", ["seed=0"]), ("s1", ["seed=1"]), ("lr", ["optim.lr=0.5"])):
+        Trainer(compose([*small, *extra]), tmp_path / name).run()
+
+    def ident(name):
+        return fork.identity(str(tmp_path / name))
+
+    assert ident("s0")["parent.digest"] != ident("s1")["parent.digest"]
+    assert ident("s0")["parent.lineage"] == ident("s1")["parent.lineage"]
+    assert ident("lr")["parent.lineage"] != ident("s0")["parent.lineage"]
+    assert fork.identity(str(tmp_path / "missing")) == {
+        "parent.step": None, "parent.digest": None, "parent.lineage": None}
 
 
 def test_a_fork_never_runs_in_its_parents_directory(parent, tmp_path):

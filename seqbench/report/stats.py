@@ -19,7 +19,7 @@ from scipy.stats import t as student_t
 
 from seqbench.report.collect import DERIVED_COLUMNS, RUN_COLUMNS
 from seqbench.report.task_groups import METRIC_COLUMNS, TASK_COLUMN, task_key_columns, with_metric
-from seqbench.rundir import NON_EXPERIMENT_KEYS, TERMINAL
+from seqbench.rundir import NON_EXPERIMENT_KEYS, REPLICATE_KEYS, TERMINAL
 
 #: Two-sided 95% standard-normal quantile, the z of the Wilson interval.
 Z95 = 1.959964
@@ -190,11 +190,12 @@ def config_columns(runs_df: pd.DataFrame) -> list[str]:
 
 
 def cell_key_columns(runs_df: pd.DataFrame) -> list[str]:
-    """Config keys that define an experimental cell: all but ``seed`` and non-experiment keys."""
+    """Config keys that define an experimental cell: all but the replicate keys (the seed
+    and a fork's parent, ``seqbench.rundir.REPLICATE_KEYS``) and non-experiment keys."""
     return [
         c
         for c in config_columns(runs_df)
-        if c != "seed" and not any(c.startswith(p) for p in NON_EXPERIMENT_PREFIXES)
+        if c not in REPLICATE_KEYS and not any(c.startswith(p) for p in NON_EXPERIMENT_PREFIXES)
     ]
 
 
