@@ -232,6 +232,9 @@ def cmd_sweep(args: list[str]) -> int:
     ensure_registered()
     if preset not in presets():
         return error(f"preset={preset}: one of {', '.join(presets())}")
+    broken = _preset_yaml_error(preset)
+    if broken:
+        return error(broken)
     extra = []
     for flag, override in (("--force", "hydra.sweeper.force=true"),
                            ("--dry-run", "hydra.sweeper.dry_run=true")):
@@ -273,6 +276,26 @@ def cmd_sweep(args: list[str]) -> int:
         sys.argv = saved
     outcome = sw.LAST_OUTCOME
     return 1 if outcome is not None and outcome.error else 0
+
+
+def _preset_yaml_error(preset: str) -> str | None:
+    """One line when a preset file is not valid YAML (a hand-written preset with a bad
+    indent would otherwise end in a parser traceback from inside Hydra)."""
+    import yaml
+
+    from seqbench.confdir import conf_dir
+
+    path = conf_dir() / "sweep" / f"{preset}.yaml"
+    try:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        return f"preset={preset}: {path} is not valid YAML{where}: {problem}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"preset={preset}: {path} cannot be read ({type(e).__name__})"
+    return None
 
 
 def cmd_report(args: list[str]) -> int:

@@ -263,3 +263,23 @@ def test_a_tampered_download_is_never_built_into_a_cache(name, server, monkeypat
     assert line is None and not source.exists() and f"data fetch {name}" in str(e.value)
     assert_is(corpora.fetch(name, log=_quiet), s)  # fetch downloads the published file
     assert len(server.hits) == 2
+
+
+def test_a_preset_that_is_not_valid_yaml_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """A hand-written preset with a bad indent (a list item under-indented below its key)
+    ended in a YAML parser traceback from inside Hydra."""
+    import shutil
+
+    from seqbench import confdir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(confdir.conf_dir(), conf)
+    (conf / "sweep" / "broken.yaml").write_text(
+        "hydra:\n  sweeper:\n    grids:\n      - optim: sgd\n        _parent:\n"
+        "      - {seed: 0}\n        _clip:\n          - {clip: none}\n")
+    monkeypatch.setattr(confdir, "conf_dir", lambda: conf)
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["sweep", "broken", "--dry-run"], capsys)
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "preset=broken:" in err and "is not valid YAML at line 7" in err, err

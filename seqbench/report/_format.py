@@ -188,6 +188,8 @@ def setting(key: str, value: object) -> str:
         return f"forget bias {num(value)}"
     if key == "model.init" and value == "pascanu":
         return "Pascanu's init"
+    if key == "spike":  # report.spikes.spike_label
+        return "no spike" if value == "none" else f"spike: {value}"
     return f"{key}={value if isinstance(value, str) else num(value)}"
 
 

@@ -26,6 +26,8 @@ from seqbench.report.sentences import (
 from seqbench.report.sentences import length as length_text
 from seqbench.report.sentences.smoothness import FIGURE_KIND as SMOOTHNESS_FIGURE
 from seqbench.report.sentences.smoothness import SmoothnessPart
+from seqbench.report.sentences.spikes import FIGURE_KIND as SPIKE_FIGURE
+from seqbench.report.sentences.spikes import SpikePart
 from seqbench.report.tables import (
     _constant_settings,
     cells_note,
@@ -105,7 +107,7 @@ def sections(
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     runs = collected.runs if "cell" in collected.runs.columns else enrich(collected.runs)
     # the smoothness figure is shown in its own section (smoothness_part)
-    figures = [f for f in figures if f.kind != SMOOTHNESS_FIGURE]
+    figures = [f for f in figures if f.kind not in (SMOOTHNESS_FIGURE, SPIKE_FIGURE)]
     groups = split_by_task(runs, cells_df, stable_df)
     if len(groups) <= 1:
         own = layout.within(cells_df)
@@ -157,6 +159,14 @@ def smoothness_part(collected: CollectResult, cells_df: pd.DataFrame,
     (``trainer.smoothness_every``); None otherwise, and the report reads as before."""
     runs = collected.runs if "cell" in collected.runs.columns else enrich(collected.runs)
     return SmoothnessPart.of(runs, cells_df, collected.runs_dir, layout, figures)
+
+
+def spike_part(collected: CollectResult, cells_df: pd.DataFrame,
+               figures: Sequence[FigureResult], layout: Layout) -> SpikePart | None:
+    """The section after the task sections when some run has a spike (``trainer.spike``);
+    None otherwise, and the report reads as before."""
+    runs = collected.runs if "cell" in collected.runs.columns else enrich(collected.runs)
+    return SpikePart.of(runs, cells_df, collected.runs_dir, layout, figures)
 
 
 ANSWER_HEADING = "Answer"

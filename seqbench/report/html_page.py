@@ -35,6 +35,7 @@ from seqbench.report.sentences import (
 )
 from seqbench.report.sentences import length as length_text
 from seqbench.report.sentences import smoothness as smooth_text
+from seqbench.report.sentences import spikes as spike_text
 from seqbench.report.tables import (
     LR_HEADING,
     LR_NOTE,
@@ -175,6 +176,18 @@ def _html_smoothness(part: smooth_text.SmoothnessPart) -> list[str]:
     return parts + _html_figures(part.figures)
 
 
+def _html_spikes(part: spike_text.SpikePart) -> list[str]:
+    """The late-spike section, after the smoothness one; its headings are in the contents."""
+    e = html.escape
+    return [f'<h2 id="spikes">{e(spike_text.HEADING)}</h2>',
+            f"<p>{_md_emphasis(e(spike_text.INTRO))}</p>",
+            '<ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in part.sentences)
+            + "</ul>",
+            f'<h3 id="spikes-configurations">{e(spike_text.TABLE_HEADING)}</h3>',
+            f"<p>{_md_emphasis(e(spike_text.TABLE_NOTE))}</p>", _html_table(part.display),
+            *_html_figures(part.figures)]
+
+
 def _html_length(sec: Section, h: str, pre: str = "") -> list[str]:
     if sec.length is None:
         return []
@@ -198,8 +211,10 @@ def render_html(
     title: str,
     layout: Layout | None = None,
     smoothness: smooth_text.SmoothnessPart | None = None,
+    spikes: spike_text.SpikePart | None = None,
 ) -> str:
-    """report.html; ``smoothness``: the smoothness section, as in ``render_markdown``."""
+    """report.html; ``smoothness``, ``spikes``: the sections after the task sections, as in
+    ``render_markdown``."""
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     e = html.escape
 
@@ -225,6 +240,8 @@ def render_html(
         parts += _html_section(sec)
     if smoothness is not None:
         parts += _html_smoothness(smoothness)
+    if spikes is not None:
+        parts += _html_spikes(spikes)
     inc, cor = _problem_items(collected)
     parts.append('<h2 id="incomplete-runs">Incomplete run directories</h2>')
     parts.append(

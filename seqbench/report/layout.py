@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from seqbench.report.lr_summary import LR_COLUMNS, group_columns
+from seqbench.report.spike_label import add_spike_label
 from seqbench.report.stats import (
     NOT_CONFIG_COLUMNS,
     cell_index,
@@ -45,13 +46,30 @@ def config_cols(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in _NOT_KEYS]
 
 
+#: Keys that name a fork's parent by digest: shown only where they tell apart what the
+#: other keys do not (forks of two parent configurations with the same model and lr).
+PARENT_KEYS: tuple[str, ...] = ("parent.lineage", "parent.step")
+
+
+def _readable(table: pd.DataFrame, cols: list[str]) -> list[str]:
+    """``cols`` without the parent keys that the others already determine."""
+    for key in PARENT_KEYS:
+        if key not in cols:
+            continue
+        rest = [c for c in cols if c != key]
+        if not rest or table.groupby(rest, dropna=False)[key].nunique(dropna=False).max() <= 1:
+            cols = rest
+    return cols
+
+
 def distinguishing(table: pd.DataFrame) -> list[str]:
     """Config keys beyond the coordinates that tell rows apart: those that take several
     values for one optimizer and clip setting, whatever the lr (SGD with and without
     momentum over learning-rate grids that do not overlap is still two things, and a
     row, a panel or a line must say which)."""
     cols = [c for c in config_cols(table) if c not in COORDS]
-    return varying_within(table, PLACE, cols)
+    found = varying_within(table, PLACE, cols)
+    return _readable(table, [*PLACE, *found])[len(PLACE):] if found else found
 
 
 def context_columns(table: pd.DataFrame) -> list[str]:
@@ -59,7 +77,7 @@ def context_columns(table: pd.DataFrame) -> list[str]:
     setting swept within it."""
     cols = [c for c in config_cols(table) if c not in COORDS and not c.startswith("clip.")]
     lead = ["optim.name"] if "optim.name" in table.columns else []
-    return lead + varying_within(table, lead, cols)
+    return _readable(table, lead + varying_within(table, lead, cols))
 
 
 @dataclass(frozen=True)
@@ -112,8 +130,9 @@ def _varying(cells_df: pd.DataFrame) -> dict:
 
 def enrich(runs_df: pd.DataFrame) -> pd.DataFrame:
     """The runs table every stage reads: with its ``threshold`` and its ``cell``, numbered
-    over the whole table (so a task group's runs still match the cells table)."""
-    runs = runs_df.copy()
+    over the whole table (so a task group's runs still match the cells table), and the
+    ``spike`` label where some run has a spike (``report.spikes.spike_label``)."""
+    runs = add_spike_label(runs_df.copy())
     if not runs.empty:
         runs["threshold"] = threshold(runs)
         runs["cell"] = cell_index(runs)

@@ -34,6 +34,7 @@ from seqbench.report.document import (
     _problem_items,
     sections,
     smoothness_part,
+    spike_part,
 )
 from seqbench.report.figures import FigureResult
 from seqbench.report.html_page import render_html
@@ -52,6 +53,7 @@ from seqbench.report.sentences import (
 )
 from seqbench.report.sentences import length as length_text
 from seqbench.report.sentences import smoothness as smooth_text
+from seqbench.report.sentences import spikes as spike_text
 from seqbench.report.tables import (
     LR_HEADING,
     LR_NOTE,
@@ -137,7 +139,22 @@ def _md_smoothness(part: smooth_text.SmoothnessPart) -> list[str]:
                   smooth_text.WARNING_NOTE, "", _md_table(part.warning)]
         lines += [f"### {smooth_text.SENSITIVITY_HEADING}", "", smooth_text.SENSITIVITY_NOTE,
                   "", _md_table(part.sensitivity)]
-    for f in part.figures:
+    return lines + _md_part_figures(part.figures)
+
+
+def _md_spikes(part: spike_text.SpikePart) -> list[str]:
+    """The late-spike section (after the task sections): sentences, table, figure."""
+    lines = ["", f"## {spike_text.HEADING}", "", spike_text.INTRO, ""]
+    lines += [f"- {s}" for s in part.sentences]
+    lines += ["", f"### {spike_text.TABLE_HEADING}", "", spike_text.TABLE_NOTE, "",
+              _md_table(part.display)]
+    return lines + _md_part_figures(part.figures)
+
+
+def _md_part_figures(figures: Sequence[FigureResult]) -> list[str]:
+    """A section's own figures, each under a heading of its own."""
+    lines: list[str] = []
+    for f in figures:
         if f.path is None:
             lines += [f"**{f.title}**: {f.note}", ""]
         else:
@@ -165,9 +182,11 @@ def render_markdown(
     title: str,
     layout: Layout | None = None,
     smoothness: smooth_text.SmoothnessPart | None = None,
+    spikes: spike_text.SpikePart | None = None,
 ) -> str:
     """report.md; ``smoothness``: the smoothness section (``document.smoothness_part``),
-    after the task sections, when the runs carried the probe."""
+    after the task sections, when the runs carried the probe; ``spikes``: the late-spike
+    section (``document.spike_part``) after it, when some run has a spike."""
     layout = layout if layout is not None else Layout.of(collected.runs, cells_df)
     lines = [f"# {printable(title)}", "", f"Runs directory: {md_code(collected.runs_dir)}", ""]
     said = headline(collected, cells_df, stable_df, layout)
@@ -185,6 +204,8 @@ def render_markdown(
         lines += _md_section(sec)
     if smoothness is not None:
         lines += _md_smoothness(smoothness)
+    if spikes is not None:
+        lines += _md_spikes(spikes)
     inc, cor = _problem_items(collected)
     lines += ["## Incomplete run directories", ""]
     lines += [f"- {md_code(d)} — {printable(s)}" for d, s in inc] or ["None."]
@@ -255,17 +276,20 @@ def write_documents(
     else:
         paths["paired_csv"] = out / "paired.csv"
         _atomic_write(paths["paired_csv"], _csv(pairs))
-    # smoothness.csv: only for runs that carried the smoothness probe (removed otherwise)
+    # smoothness.csv: only for runs that carried the smoothness probe, spikes.csv only
+    # where some run has a spike (each removed otherwise)
     smooth = smoothness_part(collected, cells_df, figures, layout)
-    if smooth is None:
-        (out / "smoothness.csv").unlink(missing_ok=True)
-    else:
-        paths["smoothness_csv"] = out / "smoothness.csv"
-        _atomic_write(paths["smoothness_csv"], _csv(smooth.table))
+    spikes = spike_part(collected, cells_df, figures, layout)
+    for name, part in (("smoothness", smooth), ("spikes", spikes)):
+        if part is None:
+            (out / f"{name}.csv").unlink(missing_ok=True)
+        else:
+            paths[f"{name}_csv"] = out / f"{name}.csv"
+            _atomic_write(paths[f"{name}_csv"], _csv(part.table))
     _atomic_write(
         paths["report_md"],
-        render_markdown(collected, cells_df, stable_df, figures, title, layout, smooth),
+        render_markdown(collected, cells_df, stable_df, figures, title, layout, smooth, spikes),
     )
-    _atomic_write(paths["report_html"],
-                  render_html(collected, cells_df, stable_df, figures, title, layout, smooth))
+    _atomic_write(paths["report_html"], render_html(collected, cells_df, stable_df, figures,
+                                                    title, layout, smooth, spikes))
     return paths

@@ -189,13 +189,21 @@ def config_columns(runs_df: pd.DataFrame) -> list[str]:
     return [c for c in runs_df.columns if c not in skip]
 
 
+#: The keys of trainer.spike (seqbench/spike.py), carried by the report's ``spike`` label.
+SPIKE_PREFIX = "trainer.spike."
+
+
 def cell_key_columns(runs_df: pd.DataFrame) -> list[str]:
     """Config keys that define an experimental cell: all but the replicate keys (the seed
-    and a fork's parent, ``seqbench.rundir.REPLICATE_KEYS``) and non-experiment keys."""
+    and a fork's parent, ``seqbench.rundir.REPLICATE_KEYS``) and non-experiment keys;
+    where the runs carry the ``spike`` label (``report.spikes``), it stands for the
+    ``trainer.spike.*`` keys."""
+    carried = SPIKE_PREFIX if "spike" in runs_df.columns else None  # by the spike label
     return [
         c
         for c in config_columns(runs_df)
         if c not in REPLICATE_KEYS and not any(c.startswith(p) for p in NON_EXPERIMENT_PREFIXES)
+        and not (carried and c.startswith(carried))
     ]
 
 

@@ -18,7 +18,7 @@ from seqbench.rundir import BPC
 
 LENGTH_FIGURES = ("stability_map", "grad_norm_length", "seed_curves")
 #: figures left out of a report whose runs lack their axis (no length, no probe)
-NOT_APPLICABLE = (*LENGTH_FIGURES, "smoothness")
+NOT_APPLICABLE = (*LENGTH_FIGURES, "smoothness", "spike_recovery")
 REPORT_ORDER = (
     "lr_curves",
     "cost_to_target",
@@ -32,6 +32,7 @@ REPORT_ORDER = (
     "param_grad_norms",
     "frontier",
     "smoothness",        # drawn only for runs with the smoothness probe, in its section
+    "spike_recovery",    # drawn only where some run has a spike, in its section
 )
 
 

@@ -216,11 +216,13 @@ def test_facets_split_panels_when_other_settings_vary(cells_df):
 
 
 @pytest.mark.parametrize("kind", [k for k in kinds() if k not in (
-    "param_grad_norms", "stability_map", "grad_norm_length", "seed_curves", "smoothness")])
+    "param_grad_norms", "stability_map", "grad_norm_length", "seed_curves", "smoothness",
+    "spike_recovery")])
 def test_every_figure_is_drawn(report, kind):
     # param_grad_norms needs param_metrics.parquet files: see test_report_params.py;
     # the length figures need a length axis: see test_report_length.py; the smoothness
-    # figure runs with the probe: see test_smoothness_report.py
+    # figure runs with the probe: see test_smoothness_report.py; the spike figure with
+    # spikes: see test_spikes_report.py
     # one text task: names are the kinds, the quality heatmap is named after bpc
     assert figure_name(kind) in report.figures
     assert figure_name(kind) == ("bpc_heatmap" if kind == "quality_heatmap" else kind)

@@ -72,6 +72,7 @@ import seqbench.report.figures.grad_norms  # noqa: F401
 import seqbench.report.figures.param_grad_norms  # noqa: F401
 import seqbench.report.figures.frontier  # noqa: F401
 import seqbench.report.figures.smoothness  # noqa: F401 (in the smoothness section)
+import seqbench.report.figures.spike_recovery  # noqa: F401 (in the late-spike section)
 # isort: on
 
 __all__ = [
