@@ -332,7 +332,7 @@ def paired_between(runs: pd.DataFrame, layout: Layout | None = None) -> pd.DataF
     return out[keys + list(BETWEEN_COLUMNS)]
 
 
-def _diff(mean: object, lo: object, hi: object) -> str:
+def diff_text(mean: object, lo: object, hi: object) -> str:
     """``-0.118 [-0.236, -0.000]``: one number of decimals for all three, 3 significant
     digits of the largest (a difference near 0 is read against its interval)."""
     if fmt.is_missing(mean):
@@ -382,7 +382,7 @@ def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
             "setting": ", ".join([label, *extra]),
             PAIRS_HEADER: str(int(r["n_pairs"])),
             N_HEADER: str(int(r["n_diff"])),
-            diff_header: _diff(r["mean_diff"], r["diff_lo"], r["diff_hi"]),
+            diff_header: diff_text(r["mean_diff"], r["diff_lo"], r["diff_hi"]),
             "Wilcoxon p": _p(r["wilcoxon_p"]),
             "both / only setting / only none / neither":
                 f"{r['both_trained']} / {r['only_setting']} / {r['only_none']} / {r['neither']}",

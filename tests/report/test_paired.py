@@ -202,3 +202,43 @@ def test_paired_cells_is_a_minus_b_and_refuses_other_contexts():
     prep = prepare(moved, Layout.of(moved, cells(moved)))
     c = {m: moved.loc[moved["clip.method"] == m, "cell"].iloc[0] for m in ("none", "value")}
     assert paired_cells(prep, c["value"], c["none"]) is None  # another lr: not a pair
+
+
+def _sentences(runs):
+    from seqbench.report.sentences import task_sentences
+
+    cells_df = cells(runs)
+    layout = Layout.of(runs, cells_df)
+    said = task_sentences(runs, cells_df, lr_summary(cells_df, runs), None, layout)
+    return [s for s in said if s.startswith("Against no clipping")]
+
+
+def test_the_best_configuration_is_compared_with_no_clipping_over_its_pairs():
+    (text,) = _sentences(_runs())  # norm at lr 0.1 has the lowest mean
+    d = np.array(NORM[:6]) - np.array(NONE[:6])
+    lo, hi = sps.t.interval(0.95, 5, loc=d.mean(), scale=sps.sem(d))
+    assert hi < 0  # so the pairs show norm clipping better
+    assert (f"over 6 pairs of runs that share a seed (the same initial weights and batches) "
+            f"and both ended finite, global norm clipping at 1 changed the final validation bpc by "
+            f"{d.mean():.3f} bits/char on average (95% t interval {lo:.3f} to {hi:.3f}); "
+            "the interval is clear of 0 on the better side: the pairs show it better there"
+            ) in text
+    # the 2x2: seed 5 trained only with clipping, seed 6 only without
+    p = sps.binomtest(1, 2, 0.5).pvalue
+    assert f"of the 7 pairs, 1 trained only with clipping and 1 only without (McNemar exact " \
+        f"p = {p:g})" in text
+    # differences of both signs: the interval includes 0, and the sentence says so
+    runs = _runs()
+    runs.loc[(runs["clip.method"] == "norm") & (runs["seed"] < 2), "final_val_metric"] += 0.15
+    (text,) = _sentences(runs) or [""]
+    assert "the interval includes 0: the pairs do not show a difference" in text
+
+
+def test_no_pairs_no_paired_sentence():
+    runs = _runs()
+    runs.loc[runs["clip.method"] == "norm", "seed"] += 100
+    assert _sentences(runs) == []
+    # the best is unclipped: nothing to compare it with here
+    runs = _runs()
+    runs.loc[runs["clip.method"] == "norm", "final_val_metric"] += 1.0
+    assert _sentences(runs) == []
