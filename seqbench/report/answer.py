@@ -224,20 +224,24 @@ def answer_note(answer: pd.DataFrame, metric_label: str) -> str:
     if len(n):
         lo, hi = int(n.min()), int(n.max())
         seeds = f" ({lo} seeds)" if lo == hi else f" ({lo}–{hi} seeds)"
+    k = int(answer["vs_best_n"].notna().sum()) if "vs_best_n" in answer.columns else 0
+    paired = (f"; here {k} comparison{'s' if k != 1 else ''} with a row's best "
+              f"{'were' if k != 1 else 'was'} paired")
     return (f"Each cell: **lr** the largest learning rate at which every seed trained (beat "
             f"the baseline), in brackets the largest at which no seed diverged where that is "
             f"larger (— : none); then the best final validation {metric_label} [95% t "
             f"interval over seeds{seeds}] among the learning rates where no seed diverged, "
             f"and the learning rate it was reached at. {MARK}: best in its row, clear of "
             "every other setting in the row: where the other setting's best is at the same "
-            "learning rate and the two share at least 2 pairs (runs with the same seed, "
+            f"learning rate and the two share at least {MIN_PAIRS} pairs (runs with the "
+            "same seed, "
             "and fork parent, that ended finite), the 95% t interval of the per-pair "
             "differences lies wholly on the worse side of 0 for the other setting; "
             "otherwise (a best at another learning rate, or no pairs) the two unpaired "
             f"intervals do not overlap. {MARK_PAIRED}: at least one of those comparisons "
             "was paired (answer.csv, vs_best_*: each paired difference from the row's best)"
-            "; (tie): the very same best as another setting, so neither is awarded. Pairs "
-            "are not corrected for the many rows compared. Learning rates are grid points: a "
+            f"{paired}; (tie): the very same best as another setting, so neither is awarded. "
+            "No correction is made for the many rows compared. Learning rates are grid points: a "
             "larger largest-trained lr means better by at least one grid step, not by the "
             "ratio of the two values. Not shown: cost (see the time-to-target columns of "
             "the configurations table) and the learning rates between grid points.")

@@ -172,6 +172,11 @@ def test_a_paired_comparison_decides_the_mark_where_pairs_exist():
     assert lo > 0 and math.isnan(by.loc["norm", "vs_best_n"])  # the best: no difference
     cell = answer_pivot(ans, layout).loc[0, "norm 1"]
     assert "★ₚ 2.51" in cell  # mean of SEED_LEVEL less the mean gain
+    from seqbench.report.answer import answer_note
+
+    note = answer_note(ans, "bpc")
+    assert "here 1 comparison with a row's best was paired" in note
+    assert "the two unpaired intervals do not overlap" in note
 
 
 def test_paired_differences_of_both_signs_give_no_mark():
