@@ -12,9 +12,23 @@ a column per clip setting, and in each cell
 - the best final metric [95% t interval over seeds] among the setting's learning rates
   where no seed diverged, and the learning rate it was reached at.
 
-A cell is marked best in its row only when its interval is clear of every other
-setting's in that row; two settings with the very same best (the same runs, as when a
-clip threshold never triggers) share it and neither is marked. The learning rates are
+A cell is marked best in its row (★) only when it is clear of every other setting in
+that row; two settings with the very same best (the same runs, as when a clip threshold
+never triggers) share it and neither is marked. "Clear" is decided pair by pair of
+settings, paired where pairs exist (issue 24: the paired comparisons are what the Answer
+uses when they exist):
+
+- *paired* when the other setting's best is at the same learning rate as the row's best
+  and the two cells share at least two pairs with a finite metric on both sides (runs
+  with the same seed, and fork parent, :mod:`seqbench.report.paired`): the 95% t interval
+  of the per-pair differences (best minus other) must lie wholly on the better side of 0;
+- *unpaired* otherwise: the two 95% t intervals over seeds must not overlap. Pairs exist
+  only at one learning rate, and each cell shows its best at its own learning rate, so
+  two bests at different rates are never paired: that comparison stays unpaired.
+
+A ★ that rests on at least one paired comparison is shown ★ₚ, and answer.csv gives each
+setting's paired difference from its row's best (``vs_best_*``) where one was used, so a
+reader can tell which test decided. The learning rates are
 grid points: a larger one means better by at least one grid step, not by that ratio.
 """
 
@@ -26,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from seqbench.report import _format as fmt
-from seqbench.report.layout import Layout
+from seqbench.report.layout import Layout, enrich
+from seqbench.report.paired import Prepared, paired_cells, prepare
 from seqbench.report.sentences import context_name
 from seqbench.report.tables import row_key
 from seqbench.report.task_groups import split_by_task
@@ -35,8 +50,13 @@ from seqbench.report.task_groups import split_by_task
 ANSWER_COLUMNS: tuple[str, ...] = (
     "largest_trained_lr", "largest_finite_lr", "best_metric_mean", "best_metric_lo",
     "best_metric_hi", "best_metric_lr", "best_metric_n", "best_in_row", "tie_in_row",
-    "steps_to_target_at_best", "n_reached_target_at_best", "n_at_best")
+    "steps_to_target_at_best", "n_reached_target_at_best", "n_at_best",
+    "best_paired", "vs_best_n", "vs_best_mean_diff", "vs_best_diff_lo", "vs_best_diff_hi")
 MARK = "★"
+#: The mark of a best whose lead rests on at least one paired comparison.
+MARK_PAIRED = "★ₚ"
+#: Fewest finite pairs for a paired comparison in the Answer (an interval needs two).
+MIN_PAIRS = 2
 
 
 def clip_keys(layout: Layout) -> list[str]:
@@ -52,9 +72,11 @@ def clip_label(rec: dict, keys: Sequence[str]) -> str:
 
 
 def answer_table(cells_df: pd.DataFrame, stable_df: pd.DataFrame,
-                 layout: Layout) -> pd.DataFrame:
+                 layout: Layout, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (context, clip setting) of the learning-rate summary: the columns of
-    :data:`ANSWER_COLUMNS` after the context and clip keys (answer.csv)."""
+    :data:`ANSWER_COLUMNS` after the context and clip keys (answer.csv). ``runs``: the
+    enriched runs of these cells, for the paired comparisons (none without: every
+    comparison is then unpaired)."""
     if stable_df.empty or "clip.method" not in stable_df.columns:
         return pd.DataFrame()
     ctx = [c for c in ("task.name", *layout.context) if c in stable_df.columns]
@@ -82,20 +104,43 @@ def answer_table(cells_df: pd.DataFrame, stable_df: pd.DataFrame,
                        best_metric_lr=best["optim.lr"], best_metric_n=best["n"],
                        steps_to_target_at_best=best.get("steps_to_target", np.nan),
                        n_reached_target_at_best=best.get("n_reached_target", np.nan),
-                       n_at_best=best["n"])
+                       n_at_best=best["n"], __cell=best.get("cell"))
         rows.append(row)
     out = pd.DataFrame(rows)
     for c in ANSWER_COLUMNS:
         if c not in out.columns:
             out[c] = np.nan
-    out["best_in_row"], out["tie_in_row"] = _marks(out, ctx, sign)
+    if "__cell" not in out.columns:
+        out["__cell"] = np.nan
+    prep = prepare(runs, layout) if runs is not None and not runs.empty else None
+    out["best_in_row"], out["tie_in_row"] = _marks(out, ctx, sign, prep)
     return out[[*ctx, *clip, *ANSWER_COLUMNS]]
 
 
-def _marks(out: pd.DataFrame, ctx: list[str], sign: float) -> tuple[list[bool], list[bool]]:
-    """Best in its row: the best mean, with an interval clear of every other setting's
-    interval in the row. Tie: another setting has the very same best mean."""
+def _vs_best(out: pd.DataFrame, i: int, top: int, prep: Prepared | None) -> dict | None:
+    """Setting ``i``'s best minus the row's best (``top``) over their pairs, where both
+    bests are at one learning rate and share :data:`MIN_PAIRS` finite pairs; else None."""
+    if prep is None or out["best_metric_lr"].iloc[i] != out["best_metric_lr"].iloc[top]:
+        return None
+    a, b = out["__cell"].iloc[i], out["__cell"].iloc[top]
+    if fmt.is_missing(a) or fmt.is_missing(b):
+        return None
+    got = paired_cells(prep, a, b)
+    if got is None or got["n_diff"] < MIN_PAIRS or fmt.is_missing(got["diff_lo"]):
+        return None
+    return got
+
+
+def _marks(out: pd.DataFrame, ctx: list[str], sign: float,
+           prep: Prepared | None = None) -> tuple[list[bool], list[bool]]:
+    """Best in its row: the best mean, clear of every other setting in the row: paired
+    (the interval of other minus best on the worse side of 0) where :func:`_vs_best`
+    finds pairs, else unpaired (the two intervals apart). Tie: another setting has the
+    very same best mean. Fills ``best_paired`` and the ``vs_best_*`` columns."""
     best, tie = [False] * len(out), [False] * len(out)
+    paired = [False] * len(out)
+    vs = {c: [np.nan] * len(out) for c in ("vs_best_n", "vs_best_mean_diff",
+                                           "vs_best_diff_lo", "vs_best_diff_hi")}
     rows: dict[tuple, list[int]] = {}
     for i, rec in enumerate(out.to_dict("records")):
         rows.setdefault(row_key(rec, ctx), []).append(i)
@@ -114,11 +159,25 @@ def _marks(out: pd.DataFrame, ctx: list[str], sign: float) -> tuple[list[bool], 
         same = [i for i in have if i != top and mean[i] == mean[top]]
         for i in same + ([top] if same else []):
             tie[i] = True
-        if same or not np.isfinite(near[top]):
+        if same:
             continue
-        others = [i for i in have if i != top]
-        if all(np.isfinite(far[i]) and near[top] < far[i] for i in others):
-            best[top] = True
+        clear = []
+        for i in (i for i in have if i != top):
+            got = _vs_best(out, i, top, prep)
+            if got is None:  # unpaired: the two intervals apart
+                clear.append(bool(np.isfinite(near[top]) and np.isfinite(far[i])
+                                  and near[top] < far[i]))
+                continue
+            for col, key in (("vs_best_n", "n_diff"), ("vs_best_mean_diff", "mean_diff"),
+                             ("vs_best_diff_lo", "diff_lo"), ("vs_best_diff_hi", "diff_hi")):
+                vs[col][i] = got[key]
+            paired[top] = True
+            # other minus best: worse is above 0 where lower is better, below otherwise
+            clear.append(bool(min(sign * got["diff_lo"], sign * got["diff_hi"]) > 0))
+        best[top] = all(clear)
+    out["best_paired"] = [p and b for p, b in zip(paired, best, strict=True)]
+    for col, values in vs.items():
+        out[col] = values
     return best, tie
 
 
@@ -150,7 +209,10 @@ def cell_text(rec: dict) -> str:
     if fmt.is_missing(rec["best_metric_mean"]):
         return f"lr {lr} · every lr diverged"
     q = fmt.interval(rec["best_metric_mean"], rec["best_metric_lo"], rec["best_metric_hi"])
-    mark = f"{MARK} " if rec["best_in_row"] else ""
+    mark = ""
+    if rec["best_in_row"]:
+        paired = rec.get("best_paired")
+        mark = f"{MARK_PAIRED if not fmt.is_missing(paired) and bool(paired) else MARK} "
     tie = " (tie)" if rec["tie_in_row"] else ""
     return f"lr {lr} · {mark}{q}{tie} at {fmt.lr(rec['best_metric_lr'])}"
 
@@ -162,13 +224,24 @@ def answer_note(answer: pd.DataFrame, metric_label: str) -> str:
     if len(n):
         lo, hi = int(n.min()), int(n.max())
         seeds = f" ({lo} seeds)" if lo == hi else f" ({lo}–{hi} seeds)"
+    k = int(answer["vs_best_n"].notna().sum()) if "vs_best_n" in answer.columns else 0
+    paired = (f"; here {k} comparison{'s' if k != 1 else ''} with a row's best "
+              f"{'were' if k != 1 else 'was'} paired")
     return (f"Each cell: **lr** the largest learning rate at which every seed trained (beat "
             f"the baseline), in brackets the largest at which no seed diverged where that is "
             f"larger (— : none); then the best final validation {metric_label} [95% t "
             f"interval over seeds{seeds}] among the learning rates where no seed diverged, "
-            f"and the learning rate it was reached at. {MARK}: best in its row, its interval "
-            "clear of every other setting's in the row; (tie): the very same best as "
-            "another setting, so neither is awarded. Learning rates are grid points: a "
+            f"and the learning rate it was reached at. {MARK}: best in its row, clear of "
+            "every other setting in the row: where the other setting's best is at the same "
+            f"learning rate and the two share at least {MIN_PAIRS} pairs (runs with the "
+            "same seed, "
+            "and fork parent, that ended finite), the 95% t interval of the per-pair "
+            "differences lies wholly on the worse side of 0 for the other setting; "
+            "otherwise (a best at another learning rate, or no pairs) the two unpaired "
+            f"intervals do not overlap. {MARK_PAIRED}: at least one of those comparisons "
+            "was paired (answer.csv, vs_best_*: each paired difference from the row's best)"
+            f"{paired}; (tie): the very same best as another setting, so neither is awarded. "
+            "No correction is made for the many rows compared. Learning rates are grid points: a "
             "larger largest-trained lr means better by at least one grid step, not by the "
             "ratio of the two values. Not shown: cost (see the time-to-target columns of "
             "the configurations table) and the learning rates between grid points.")
@@ -178,11 +251,13 @@ def answers(runs: pd.DataFrame, cells_df: pd.DataFrame, stable_df: pd.DataFrame,
             layout: Layout) -> list[tuple[str | None, pd.DataFrame, pd.DataFrame, str]]:
     """The Answer of each task group: (its label, or None when there is one group; the
     answer.csv rows; the display pivot; how to read it)."""
+    if not runs.empty and "cell" not in runs.columns:
+        runs = enrich(runs)  # the cell ids of cells_df, numbered over the whole table
     groups = split_by_task(runs, cells_df, stable_df)
     out = []
-    for group, (_, cells_g, stable_g) in groups:
+    for group, (runs_g, cells_g, stable_g) in groups:
         own = layout.within(cells_g)
-        table = answer_table(cells_g, stable_g, own)
+        table = answer_table(cells_g, stable_g, own, runs_g)
         if table.empty:
             continue
         label = group.label if len(groups) > 1 else None

@@ -1,4 +1,4 @@
-"""Paired comparisons of every clip setting against no clipping (issue 24, part 3).
+"""Paired comparisons of clip settings: against no clipping, and with each other (issue 24).
 
 Why a module of its own: the cells table compares clip settings with unpaired
 intervals, which treat the seeds of two settings as independent samples. Runs that share
@@ -18,6 +18,12 @@ For each clip setting against ``clip.method == "none"`` at the same context and 
   the discordant pairs (only one side trained) against 1/2; none without discordant
   pairs.
 
+The same statistics compare any two settings A and B of one context and lr (A minus B):
+:func:`paired_between` for every two settings, :func:`paired_cells` for two cells (the
+Answer compares each row's best with the others this way), :func:`paired_against_none`
+for one cell against the unclipped cell beside it (the sentences). :func:`prepare`
+computes the pair keys once for all of them.
+
 A non-finite side drops its pair from the difference only: the pair still counts in
 the 2x2. A pair key held by several runs of one setting (the same run twice) is
 ambiguous and is not paired. Pure pandas/scipy: no files, no drawing.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -138,6 +145,99 @@ def mcnemar_exact(only_setting: int, only_none: int) -> float:
     return float(sps.binomtest(int(only_setting), n, 0.5).pvalue)
 
 
+def prepare(runs: pd.DataFrame, layout: Layout | None = None) -> Prepared:
+    """The runs that can pair, with their keys computed once: a run with a verdict,
+    named by its context and lr (``__ctx``), its pair key (seed and parent, ``__pair``)
+    and its clip setting (``__set``). A pair key held twice in one setting of one context
+    (the same run twice) is ambiguous and dropped. ``layout``: the report's (derived
+    from ``runs`` when not given)."""
+    need = {"clip.method", "seed", "outcome", "final_val_metric"}
+    if runs.empty or not need <= set(runs.columns):
+        return Prepared(pd.DataFrame(), [], [], [])
+    if "threshold" not in runs.columns or "cell" not in runs.columns:
+        runs = enrich(runs)
+    if layout is None:
+        layout = Layout.of(runs, cells(runs))
+    context, setting = _keys(runs, layout)
+    parents = [c for c in PARENT_COLUMNS if c in runs.columns]
+    df = runs[runs["outcome"].map(lambda v: not fmt.is_missing(v))].copy()
+    lr = ["optim.lr"] if "optim.lr" in df.columns else []
+    if df.empty:
+        return Prepared(pd.DataFrame(), context, lr, setting)
+    df["__ctx"] = _key(df, [*context, *lr])
+    df["__pair"] = _key(df, ["seed", *parents])
+    df["__set"] = _key(df, setting)
+    df["__metric"] = pd.to_numeric(df["final_val_metric"], errors="coerce").astype(float)
+    df["__trained"] = df["outcome"].astype(object) == "trained"
+    dup = df.duplicated(["__ctx", "__set", "__pair"], keep=False)
+    return Prepared(df[~dup], context, lr, setting)
+
+
+class Prepared(NamedTuple):
+    """What :func:`prepare` returns: the pairable runs and the key columns it used."""
+
+    df: pd.DataFrame
+    context: list[str]
+    lr: list[str]
+    setting: list[str]
+
+
+def pair_stats(a: pd.DataFrame, b: pd.DataFrame) -> dict | None:
+    """A minus B over the pairs of two prepared sets of runs (one setting each, joined on
+    context, lr and pair key): n_pairs, the difference statistics of :func:`diff_stats`,
+    the trained 2x2 (``both_trained``, ``only_a``, ``only_b``, ``neither``) and McNemar's
+    exact p. None when no run of A has a twin in B."""
+    cols = ["__ctx", "__pair", "__metric", "__trained"]
+    joined = a[cols].merge(b[cols], on=["__ctx", "__pair"], suffixes=("", "_b"))
+    if joined.empty:
+        return None
+    x, y = joined["__trained"].to_numpy(bool), joined["__trained_b"].to_numpy(bool)
+    counts = {"both_trained": int((x & y).sum()), "only_a": int((x & ~y).sum()),
+              "only_b": int((~x & y).sum()), "neither": int((~x & ~y).sum())}
+    return {"n_pairs": len(joined),
+            **diff_stats((joined["__metric"] - joined["__metric_b"]).to_numpy()),
+            **counts, "mcnemar_p": mcnemar_exact(counts["only_a"], counts["only_b"])}
+
+
+def paired_cells(prep: Prepared, cell_a: object, cell_b: object) -> dict | None:
+    """Cell A minus cell B (``cell`` ids of the enriched runs) over their pairs, as
+    :func:`pair_stats`; None unless both cells are in one context and lr, in different
+    clip settings, and share a pair key."""
+    df = prep.df
+    if df.empty or "cell" not in df.columns:
+        return None
+    a, b = df[df["cell"] == cell_a], df[df["cell"] == cell_b]
+    if a.empty or b.empty or a["__ctx"].iloc[0] != b["__ctx"].iloc[0] \
+            or a["__set"].iloc[0] == b["__set"].iloc[0]:
+        return None
+    return pair_stats(a, b)
+
+
+def paired_against_none(prep: Prepared, cell: object) -> dict | None:
+    """``cell`` minus the unclipped cell of its context and lr (:func:`paired_cells`);
+    None where there is no single unclipped cell there, or no pair."""
+    df = prep.df
+    if df.empty or "cell" not in df.columns:
+        return None
+    own = df[df["cell"] == cell]
+    if own.empty:
+        return None
+    there = df[(df["__ctx"] == own["__ctx"].iloc[0])
+               & (df["clip.method"].astype(object) == "none")]
+    if there["cell"].nunique() != 1:
+        return None
+    return paired_cells(prep, cell, there["cell"].iloc[0])
+
+
+def _shown(out: pd.DataFrame, layout: Layout, lr: list[str]) -> list[str]:
+    """The columns a row is named by: the layout's context (what the sentences compare
+    clip settings within), the task when several, and the lr."""
+    shown = [c for c in layout.context if c in out.columns and c != "optim.lr"]
+    if TASK_COLUMN in out.columns and out[TASK_COLUMN].astype(object).nunique() > 1:
+        shown.insert(0, TASK_COLUMN)
+    return list(dict.fromkeys([*shown, *lr]))
+
+
 def paired_comparisons(runs: pd.DataFrame, layout: Layout | None = None) -> pd.DataFrame:
     """One row per (context, lr, clip setting other than none) with at least one pair
     with a verdict: the columns naming it (the task when several, ``layout.context``,
@@ -147,63 +247,92 @@ def paired_comparisons(runs: pd.DataFrame, layout: Layout | None = None) -> pd.D
     ``runs``: the enriched runs table (``layout.enrich``); ``layout``: the report's
     (its cell keys say what a context is, its context and clip facets which columns
     name a row; derived from ``runs`` when not given). Empty when nothing pairs."""
-    need = {"clip.method", "seed", "outcome", "final_val_metric"}
-    if runs.empty or not need <= set(runs.columns):
-        return pd.DataFrame(columns=list(PAIRED_COLUMNS))
-    if "threshold" not in runs.columns:
-        runs = enrich(runs)
-    if layout is None:
+    if layout is None and not runs.empty and "clip.method" in runs.columns:
+        runs = enrich(runs) if "threshold" not in runs.columns else runs
         layout = Layout.of(runs, cells(runs))
-    context, setting = _keys(runs, layout)
-    parents = [c for c in PARENT_COLUMNS if c in runs.columns]
-    df = runs[runs["outcome"].map(lambda v: not fmt.is_missing(v))].copy()
+    prep = prepare(runs, layout)
+    df = prep.df
     if df.empty:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
-    lr = ["optim.lr"] if "optim.lr" in df.columns else []
-    df["__ctx"] = _key(df, [*context, *lr])
-    df["__pair"] = _key(df, ["seed", *parents])
-    df["__set"] = _key(df, setting)
-    df["__metric"] = pd.to_numeric(df["final_val_metric"], errors="coerce").astype(float)
-    df["__trained"] = df["outcome"].astype(object) == "trained"
-    # a pair key held twice within one setting is ambiguous: not paired
-    dup = df.duplicated(["__ctx", "__set", "__pair"], keep=False)
-    df = df[~dup]
     is_none = df["clip.method"].astype(object) == "none"
-    base = df.loc[is_none, ["__ctx", "__pair", "__metric", "__trained"]]
+    base = df[is_none]
     if base.empty:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
     rows = []
     for (_, _), g in df[~is_none].groupby(["__ctx", "__set"], sort=False):
-        joined = g.merge(base, on=["__ctx", "__pair"], suffixes=("", "_none"), how="inner")
-        if joined.empty:
+        got = pair_stats(g, base)
+        if got is None:
             continue
-        a, b = joined["__trained"].to_numpy(bool), joined["__trained_none"].to_numpy(bool)
-        counts = {"both_trained": int((a & b).sum()), "only_setting": int((a & ~b).sum()),
-                  "only_none": int((~a & b).sum()), "neither": int((~a & ~b).sum())}
+        got["only_setting"], got["only_none"] = got.pop("only_a"), got.pop("only_b")
         first = g.iloc[0]
-        row = {c: first[c] for c in [*context, *lr, *setting]}
-        row.update(n_pairs=len(joined),
-                   **diff_stats((joined["__metric"] - joined["__metric_none"]).to_numpy()),
-                   **counts,
-                   mcnemar_p=mcnemar_exact(counts["only_setting"], counts["only_none"]),
-                   metric=first.get("metric", "bpc"),
+        row = {c: first[c] for c in [*prep.context, *prep.lr, *prep.setting]}
+        row.update(got, metric=first.get("metric", "bpc"),
                    metric_lower_is_better=first.get("metric_lower_is_better", True))
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
     out = pd.DataFrame(rows)
-    # the columns a row is named by: the layout's context (what the sentences compare
-    # clip settings within) and the clip keys beyond method and threshold that vary
-    shown = [c for c in layout.context if c in out.columns and c != "optim.lr"]
+    assert layout is not None
+    # the clip keys beyond method and threshold that vary name a row too
     extra = [c for c in layout.facets if c.startswith("clip.") and c in out.columns]
-    if TASK_COLUMN in out.columns and out[TASK_COLUMN].astype(object).nunique() > 1:
-        shown.insert(0, TASK_COLUMN)
-    keys = list(dict.fromkeys([*shown, *lr, "clip.method", "threshold", *extra]))
+    keys = list(dict.fromkeys([*_shown(out, layout, prep.lr), "clip.method", "threshold",
+                               *extra]))
     out = sort_cells(out, keys)
     return out[keys + list(PAIRED_COLUMNS)]
 
 
-def _diff(mean: object, lo: object, hi: object) -> str:
+#: The statistics of :func:`paired_between`, after the key columns: as
+#: :data:`PAIRED_COLUMNS`, with the 2x2 named by side (``only_a``: only A trained).
+BETWEEN_COLUMNS: tuple[str, ...] = (
+    "n_pairs", "n_diff", "mean_diff", "diff_lo", "diff_hi", "wilcoxon_p",
+    "both_trained", "only_a", "only_b", "neither", "mcnemar_p",
+    "metric", "metric_lower_is_better",
+)
+#: The prefix of setting B's key columns in :func:`paired_between`.
+VS = "vs."
+
+
+def paired_between(runs: pd.DataFrame, layout: Layout | None = None) -> pd.DataFrame:
+    """Every two clip settings of one context and lr compared over their pairs, no
+    clipping included: one row per (context, lr, setting A, setting B) with a pair, A
+    after B in the report's order of settings (so B is no clipping where one side is),
+    the difference A minus B. Columns: the context and lr (as
+    :func:`paired_comparisons`), A's clip keys, B's under :data:`VS` (``vs.clip.method``),
+    then :data:`BETWEEN_COLUMNS`. The statistics are those of the pairs alone: which
+    setting is better needs the metric's direction (``metric_lower_is_better``)."""
+    if layout is None and not runs.empty and "clip.method" in runs.columns:
+        runs = enrich(runs) if "threshold" not in runs.columns else runs
+        layout = Layout.of(runs, cells(runs))
+    prep = prepare(runs, layout)
+    df = prep.df
+    if df.empty or layout is None:
+        return pd.DataFrame(columns=list(BETWEEN_COLUMNS))
+    extra = [c for c in layout.facets if c.startswith("clip.") and c in df.columns]
+    clip = list(dict.fromkeys(["clip.method", "threshold", *extra]))
+    rows = []
+    for _, g in df.groupby("__ctx", sort=False):
+        firsts = g.drop_duplicates("__set")
+        order = sort_cells(firsts[clip].assign(_pos=np.arange(len(firsts))), clip)["_pos"]
+        sets = [firsts.iloc[int(i)] for i in order]
+        for j, b in enumerate(sets):
+            for a in sets[j + 1:]:
+                got = pair_stats(g[g["__set"] == a["__set"]], g[g["__set"] == b["__set"]])
+                if got is None:
+                    continue
+                row = {c: a[c] for c in [*prep.context, *prep.lr, *clip]}
+                row.update({f"{VS}{c}": b[c] for c in clip})
+                row.update(got, metric=a.get("metric", "bpc"),
+                           metric_lower_is_better=a.get("metric_lower_is_better", True))
+                rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=list(BETWEEN_COLUMNS))
+    out = pd.DataFrame(rows)
+    keys = [*_shown(out, layout, prep.lr), *clip, *[f"{VS}{c}" for c in clip]]
+    out = sort_cells(out, keys)
+    return out[keys + list(BETWEEN_COLUMNS)]
+
+
+def diff_text(mean: object, lo: object, hi: object) -> str:
     """``-0.118 [-0.236, -0.000]``: one number of decimals for all three, 3 significant
     digits of the largest (a difference near 0 is read against its interval)."""
     if fmt.is_missing(mean):
@@ -253,7 +382,7 @@ def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
             "setting": ", ".join([label, *extra]),
             PAIRS_HEADER: str(int(r["n_pairs"])),
             N_HEADER: str(int(r["n_diff"])),
-            diff_header: _diff(r["mean_diff"], r["diff_lo"], r["diff_hi"]),
+            diff_header: diff_text(r["mean_diff"], r["diff_lo"], r["diff_hi"]),
             "Wilcoxon p": _p(r["wilcoxon_p"]),
             "both / only setting / only none / neither":
                 f"{r['both_trained']} / {r['only_setting']} / {r['only_none']} / {r['neither']}",

@@ -115,3 +115,89 @@ def test_a_bad_target_is_one_line_and_exit_2(tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"seqbench: error: --target={bad}: ")
     assert not (tmp_path / "report.md").exists()
+
+
+# Paired comparisons in the Answer: four seeds whose levels differ a lot from seed to
+# seed (so unpaired intervals overlap) while norm clipping is better on every seed by
+# about 0.05 (so the paired interval is clear of 0)
+SEED_LEVEL = [2.40, 2.60, 2.50, 2.75]
+NORM_GAIN = [0.05, 0.06, 0.04, 0.05]
+
+
+def _run(method, seed, metric, lr=0.1):
+    return {"run_dir": f"{method}-{lr}-{seed}", "status": "completed",
+            "outcome": "trained", "final_val_metric": metric, "metric": "bpc",
+            "metric_unit": "bits/char", "metric_lower_is_better": True,
+            "baseline_val_metric": 4.81, "task.name": "t", "optim.name": "sgd",
+            "optim.lr": lr, "clip.method": method,
+            "clip.max_norm": 1.0 if method == "norm" else np.nan, "seed": seed}
+
+
+def _answer(rows):
+    from seqbench.report.collect import RUN_COLUMNS
+    from seqbench.report.layout import enrich
+    from seqbench.report.stats import cells
+
+    runs = pd.DataFrame(rows)
+    for c in RUN_COLUMNS:
+        if c not in runs.columns:
+            runs[c] = np.nan
+    runs = enrich(runs)
+    cells_df = cells(runs)
+    layout = Layout.of(runs, cells_df)
+    return answer_table(cells_df, lr_summary(cells_df, runs), layout, runs), layout
+
+
+def _pairs(none_lr=0.1, gains=NORM_GAIN):
+    rows = [_run("none", s, v, none_lr) for s, v in enumerate(SEED_LEVEL)]
+    rows += [_run("norm", s, v - g) for s, (v, g) in enumerate(zip(SEED_LEVEL, gains))]
+    return rows
+
+
+def test_a_paired_comparison_decides_the_mark_where_pairs_exist():
+    from scipy import stats as sps
+
+    ans, layout = _answer(_pairs())
+    by = ans.set_index("clip.method")
+    # unpaired, the two intervals overlap: no mark without the pairs
+    assert by.loc["norm", "best_metric_hi"] > by.loc["none", "best_metric_lo"]
+    assert by.loc["norm", "best_in_row"] and by.loc["norm", "best_paired"]
+    # the paired difference (none minus norm, the other minus the best) is scipy's
+    d = np.array(NORM_GAIN)
+    lo, hi = sps.t.interval(0.95, 3, loc=d.mean(), scale=sps.sem(d))
+    assert by.loc["none", "vs_best_n"] == 4
+    assert by.loc["none", "vs_best_mean_diff"] == pytest.approx(d.mean())
+    assert (by.loc["none", "vs_best_diff_lo"], by.loc["none", "vs_best_diff_hi"]) == \
+        pytest.approx((lo, hi))
+    assert lo > 0 and math.isnan(by.loc["norm", "vs_best_n"])  # the best: no difference
+    cell = answer_pivot(ans, layout).loc[0, "norm 1"]
+    assert "★ₚ 2.51" in cell  # mean of SEED_LEVEL less the mean gain
+    from seqbench.report.answer import answer_note
+
+    note = answer_note(ans, "bpc")
+    assert "here 1 comparison with a row's best was paired" in note
+    assert "the two unpaired intervals do not overlap" in note
+
+
+def test_paired_differences_of_both_signs_give_no_mark():
+    ans, _ = _answer(_pairs(gains=[0.05, -0.04, 0.06, -0.03]))
+    by = ans.set_index("clip.method")
+    assert by.loc["none", "vs_best_n"] == 4 and by.loc["none", "vs_best_diff_lo"] < 0
+    assert not ans["best_in_row"].any() and not ans["best_paired"].any()
+
+
+def test_bests_at_different_learning_rates_are_compared_unpaired():
+    # none's runs at lr 0.2 only: no pairs with norm's best at lr 0.1, and the unpaired
+    # intervals overlap, so nothing is marked
+    ans, _ = _answer(_pairs(none_lr=0.2))
+    by = ans.set_index("clip.method")
+    assert by.loc["none", "best_metric_lr"] != by.loc["norm", "best_metric_lr"]
+    assert math.isnan(by.loc["none", "vs_best_n"])
+    assert not ans["best_in_row"].any()
+    # the same runs far apart: the unpaired rule awards a plain ★
+    far = [{**r, "final_val_metric": r["final_val_metric"] - 1.0}
+           for r in _pairs(none_lr=0.2) if r["clip.method"] == "norm"]
+    ans, layout = _answer([r for r in _pairs(none_lr=0.2) if r["clip.method"] == "none"] + far)
+    by = ans.set_index("clip.method")
+    assert by.loc["norm", "best_in_row"] and not by.loc["norm", "best_paired"]
+    assert "★ 1." in answer_pivot(ans, layout).loc[0, "norm 1"]

@@ -13,7 +13,14 @@ from scipy import stats as sps
 from seqbench.report.collect import RUN_COLUMNS, CollectResult
 from seqbench.report.layout import Layout, enrich
 from seqbench.report.lr_summary import lr_summary
-from seqbench.report.paired import HEADING, paired_comparisons, paired_table
+from seqbench.report.paired import (
+    HEADING,
+    paired_between,
+    paired_cells,
+    paired_comparisons,
+    paired_table,
+    prepare,
+)
 from seqbench.report.render import render_markdown
 from seqbench.report.stats import cells
 
@@ -122,3 +129,116 @@ def _markdown(runs):
 def test_section_only_with_pairs():
     assert f"## {HEADING}" in _markdown(_runs())
     assert HEADING not in _markdown(_runs()[lambda d: d["clip.method"] != "none"])
+
+
+# a third setting for the setting-vs-setting comparisons: value clipping at 0.5, seeds
+# 0-6 at lr 0.1; its seed 3 did not train
+VALUE = [3.05, 3.15, 2.95, 4.90, 3.10, 3.30, 3.20]
+VALUE_TRAINED = [True, True, True, False, True, True, True]
+
+
+def _three():
+    extra = [{**_run("value", s, m, t), "clip.max_norm": np.nan, "clip.clip_value": 0.5}
+             for s, (m, t) in enumerate(zip(VALUE, VALUE_TRAINED))]
+    return _runs(extra)
+
+
+def _between(runs):
+    return paired_between(runs, Layout.of(runs, cells(runs)))
+
+
+def test_between_settings_match_scipy_and_against_none_is_unchanged():
+    runs = _three()
+    out = _between(runs)
+    named = {(r["clip.method"], r["vs.clip.method"]): r for r in out.to_dict("records")}
+    # every two settings once, the later minus the earlier in the report's order (none,
+    # value, norm): none is always B
+    assert set(named) == {("norm", "none"), ("value", "none"), ("norm", "value")}
+    r = named[("norm", "value")]
+    d = np.array(NORM[:6]) - np.array(VALUE[:6])  # norm's seed 6 is non-finite
+    assert (r["n_pairs"], r["n_diff"]) == (7, 6)
+    assert r["mean_diff"] == pytest.approx(d.mean())
+    assert (r["diff_lo"], r["diff_hi"]) == pytest.approx(
+        sps.t.interval(0.95, 5, loc=d.mean(), scale=sps.sem(d)))
+    assert r["wilcoxon_p"] == pytest.approx(sps.wilcoxon(d).pvalue)
+    # 2x2, A = norm, B = value: seed 3 only norm trained, seed 6 only value (norm diverged)
+    assert (r["both_trained"], r["only_a"], r["only_b"], r["neither"]) == (5, 1, 1, 0)
+    assert r["mcnemar_p"] == pytest.approx(sps.binomtest(1, 2, 0.5).pvalue)
+    # against none: the same numbers as paired_comparisons
+    old = _paired(runs).set_index("clip.method")
+    r = named[("norm", "none")]
+    for col in ("n_pairs", "n_diff", "mean_diff", "diff_lo", "diff_hi", "mcnemar_p"):
+        assert r[col] == pytest.approx(old.loc["norm", col])
+    assert (r["only_a"], r["only_b"]) == (old.loc["norm", "only_setting"],
+                                          old.loc["norm", "only_none"])
+    assert set(old.index) == {"norm", "value"}
+
+
+def test_between_needs_the_same_lr_and_seed():
+    runs = _three()
+    runs.loc[runs["clip.method"] == "value", "optim.lr"] = 0.2  # value alone at lr 0.2
+    out = _between(runs)
+    assert list(zip(out["clip.method"], out["vs.clip.method"])) == [("norm", "none")]
+    runs = _three()
+    runs.loc[runs["clip.method"] == "value", "seed"] += 100
+    assert len(_between(runs)) == 1
+
+
+def test_paired_cells_is_a_minus_b_and_refuses_other_contexts():
+    runs = _three()
+    prep = prepare(runs, Layout.of(runs, cells(runs)))
+    cell = {m: runs.loc[runs["clip.method"] == m, "cell"].iloc[0]
+            for m in ("none", "norm", "value")}
+    ab, ba = paired_cells(prep, cell["value"], cell["none"]), \
+        paired_cells(prep, cell["none"], cell["value"])
+    d = np.array(VALUE) - np.array(NONE)
+    assert ab["mean_diff"] == pytest.approx(d.mean())
+    assert ba["mean_diff"] == pytest.approx(-d.mean())
+    assert (ab["only_a"], ab["only_b"]) == (ba["only_b"], ba["only_a"]) == (1, 1)
+    assert paired_cells(prep, cell["none"], cell["none"]) is None  # one setting: no pair
+    moved = _three()
+    moved.loc[moved["clip.method"] == "value", "optim.lr"] = 0.2
+    moved = enrich(moved.drop(columns=["cell"]))
+    prep = prepare(moved, Layout.of(moved, cells(moved)))
+    c = {m: moved.loc[moved["clip.method"] == m, "cell"].iloc[0] for m in ("none", "value")}
+    assert paired_cells(prep, c["value"], c["none"]) is None  # another lr: not a pair
+
+
+def _sentences(runs):
+    from seqbench.report.sentences import task_sentences
+
+    cells_df = cells(runs)
+    layout = Layout.of(runs, cells_df)
+    said = task_sentences(runs, cells_df, lr_summary(cells_df, runs), None, layout)
+    return [s for s in said if s.startswith("Against no clipping")]
+
+
+def test_the_best_configuration_is_compared_with_no_clipping_over_its_pairs():
+    (text,) = _sentences(_runs())  # norm at lr 0.1 has the lowest mean
+    d = np.array(NORM[:6]) - np.array(NONE[:6])
+    lo, hi = sps.t.interval(0.95, 5, loc=d.mean(), scale=sps.sem(d))
+    assert hi < 0  # so the pairs show norm clipping better
+    assert (f"over 6 pairs of runs that share a seed (the same initial weights and batches) "
+            f"and both ended finite, global norm clipping at 1 changed the final validation bpc by "
+            f"{d.mean():.3f} bits/char on average (95% t interval {lo:.3f} to {hi:.3f}); "
+            "the interval is clear of 0 on the better side: the pairs show it better there"
+            ) in text
+    # the 2x2: seed 5 trained only with clipping, seed 6 only without
+    p = sps.binomtest(1, 2, 0.5).pvalue
+    assert f"of the 7 pairs, 1 trained only with clipping and 1 only without (McNemar exact " \
+        f"p = {p:g})" in text
+    # differences of both signs: the interval includes 0, and the sentence says so
+    runs = _runs()
+    runs.loc[(runs["clip.method"] == "norm") & (runs["seed"] < 2), "final_val_metric"] += 0.15
+    (text,) = _sentences(runs) or [""]
+    assert "the interval includes 0: the pairs do not show a difference" in text
+
+
+def test_no_pairs_no_paired_sentence():
+    runs = _runs()
+    runs.loc[runs["clip.method"] == "norm", "seed"] += 100
+    assert _sentences(runs) == []
+    # the best is unclipped: nothing to compare it with here
+    runs = _runs()
+    runs.loc[runs["clip.method"] == "norm", "final_val_metric"] += 1.0
+    assert _sentences(runs) == []

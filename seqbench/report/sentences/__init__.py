@@ -12,6 +12,7 @@ import pandas as pd
 from seqbench.report import _format as fmt
 from seqbench.report.collect import CollectResult
 from seqbench.report.layout import Layout
+from seqbench.report.paired import paired_against_none, prepare
 from seqbench.report.sentences import verdicts
 from seqbench.report.stats import wilson_interval
 from seqbench.report.tables import row_key
@@ -102,6 +103,26 @@ def _quality_sentence(cells_df: pd.DataFrame, n_completed: int, metric: MetricIn
         f"{_setting_phrase(rec, facets)} "
         f"({int(rec['n_finished'])} of {int(rec['n'])} seeds finished{caveat})."
     )
+
+
+def _paired_quality(cells_df: pd.DataFrame, runs: pd.DataFrame, metric: MetricInfo,
+                    layout: Layout) -> str | None:
+    """The paired comparison of :func:`_quality_sentence`'s best configuration with no
+    clipping at its learning rate (:func:`verdicts.paired_vs_none`), where it is a clip
+    setting, not tied, and pairs with unclipped runs there; else None."""
+    col = "final_val_metric_mean"
+    if cells_df.empty or runs.empty or "cell" not in cells_df.columns \
+            or "cell" not in runs.columns:  # cell ids numbered over the whole table only
+        return None
+    fin = cells_df[cells_df["n_finished"] > 0]
+    if fin.empty or not fin[col].notna().any():
+        return None
+    rec = fin.iloc[int(np.argmin(metric.score(fin[col])))].to_dict()
+    if rec.get("clip.method") in (None, "none") or int((fin[col] == rec[col]).sum()) > 1:
+        return None
+    got = paired_against_none(prepare(runs, layout), rec["cell"])
+    return verdicts.paired_vs_none(fmt.clip_phrase(rec["clip.method"], rec.get("threshold")),
+                                   got, metric)
 
 
 def _task_name(group: TaskGroup | None) -> str:
@@ -226,6 +247,9 @@ def task_sentences(
             f"and {n_ex} exploded."
         )
     out.append(_quality_sentence(cells_df, n_completed, metric, layout))
+    paired = _paired_quality(cells_df, runs, metric, layout)
+    if paired:
+        out.append(paired)
     success = _success_sentence(cells_df, group, layout)
     if success:
         out.append(success)

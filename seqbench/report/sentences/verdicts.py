@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 from seqbench.report import _format as fmt
+from seqbench.report.paired import diff_text
 from seqbench.report.task_groups import BPC, MetricInfo
 
 #: How many configurations a "did not learn" sentence names before it counts the rest.
@@ -268,3 +269,42 @@ def context_sentences(name: str, recs: list[dict], ctx_cells: list[dict],
     if sens:
         out.append(sens)
     return out
+
+
+#: Fewest pairs with a finite metric on both sides for a paired sentence (an interval).
+MIN_PAIRED = 2
+
+
+def paired_vs_none(setting: str, got: dict | None, metric: MetricInfo = BPC) -> str | None:
+    """The best configuration against no clipping at its own learning rate, over the runs
+    that pair with it (:func:`seqbench.report.paired.paired_against_none`): the mean
+    per-pair difference with its 95% t interval and n, which side of 0 the interval is
+    on, and the discordant trained/not pairs with McNemar's exact p where there are any.
+    Why next to the unpaired statement and not instead of it: the pairs are what compare
+    the two settings (issue 24), but only the pairs with both runs finite enter the
+    difference, and only at this one learning rate. None with fewer than
+    :data:`MIN_PAIRED` such pairs."""
+    if got is None or got["n_diff"] < MIN_PAIRED or fmt.is_missing(got["diff_lo"]):
+        return None
+    text = diff_text(got["mean_diff"], got["diff_lo"], got["diff_hi"])
+    mean, rest = text.split(" [", 1)
+    lo, hi = rest.rstrip("]").split(", ")
+    unit = metric.unit if metric.is_text else metric.label
+    n, k = int(got["n_diff"]), int(got["n_pairs"])
+    better = -1.0 if metric.lower_is_better else 1.0
+    if better * got["diff_lo"] > 0 and better * got["diff_hi"] > 0:
+        verdict = "the interval is clear of 0 on the better side: the pairs show it better"
+    elif better * got["diff_lo"] < 0 and better * got["diff_hi"] < 0:
+        verdict = "the interval is clear of 0 on the worse side: the pairs show it worse"
+    else:
+        verdict = "the interval includes 0: the pairs do not show a difference"
+    out = (f"Against no clipping at the same learning rate, over {n} pairs of runs that "
+           f"share a seed (the same initial weights and batches) and both ended finite, "
+           f"{setting} changed the final validation {metric.label} by {mean} {unit} on "
+           f"average (95% t interval {lo} to {hi}); {verdict} there")
+    a, b = int(got["only_a"]), int(got["only_b"])
+    if a + b:
+        out += (f"; of the {k} pairs, {a} trained only with clipping and {b} only without "
+                f"(McNemar exact p = {fmt.num(got['mcnemar_p'])})")
+    return (out + ". Not shown: other learning rates, other seeds, and the pairs where a run "
+            "diverged (left out of the difference).")
