@@ -51,7 +51,13 @@ ANSWER_COLUMNS: tuple[str, ...] = (
     "largest_trained_lr", "largest_finite_lr", "best_metric_mean", "best_metric_lo",
     "best_metric_hi", "best_metric_lr", "best_metric_n", "best_in_row", "tie_in_row",
     "steps_to_target_at_best", "n_reached_target_at_best", "n_at_best",
-    "best_paired", "vs_best_n", "vs_best_mean_diff", "vs_best_diff_lo", "vs_best_diff_hi")
+    "best_paired", "vs_best_n", "vs_best_mean_diff", "vs_best_diff_lo", "vs_best_diff_hi",
+    "no_best")
+#: Why a row has no best (``no_best``): every run diverged; a seed diverged at every lr;
+#: some lr had no divergence but an unfinished run (or no finite metric).
+NO_BEST_TEXT = {"all_diverged": "every run diverged",
+                "diverged_at_every_lr": "a seed diverged at every lr",
+                "unfinished": "no lr where every run finished"}
 MARK = "★"
 #: The mark of a best whose lead rests on at least one paired comparison.
 MARK_PAIRED = "★ₚ"
@@ -97,7 +103,12 @@ def answer_table(cells_df: pd.DataFrame, stable_df: pd.DataFrame,
         row = {k: r.get(k) for k in (*ctx, *clip)}
         row.update(largest_trained_lr=r["largest_trained_lr"],
                    largest_finite_lr=r["largest_finite_lr"])
-        if best is not None:
+        if best is None:
+            row["no_best"] = ("all_diverged" if own and all(c["n_diverged"] == c["n"]
+                                                            for c in own)
+                              else "diverged_at_every_lr" if own and all(
+                                  c["n_diverged"] > 0 for c in own) else "unfinished")
+        else:
             row.update(best_metric_mean=best["final_val_metric_mean"],
                        best_metric_lo=best["final_val_metric_lo"],
                        best_metric_hi=best["final_val_metric_hi"],
@@ -207,7 +218,8 @@ def cell_text(rec: dict) -> str:
     if not fmt.is_missing(finite) and (fmt.is_missing(trained) or finite > trained):
         lr += f" ({fmt.lr(finite)})"
     if fmt.is_missing(rec["best_metric_mean"]):
-        return f"lr {lr} · every lr diverged"
+        why = rec.get("no_best")
+        return f"lr {lr} · {NO_BEST_TEXT.get(why, NO_BEST_TEXT['all_diverged'])}"
     q = fmt.interval(rec["best_metric_mean"], rec["best_metric_lo"], rec["best_metric_hi"])
     mark = ""
     if rec["best_in_row"]:

@@ -201,3 +201,18 @@ def test_bests_at_different_learning_rates_are_compared_unpaired():
     by = ans.set_index("clip.method")
     assert by.loc["norm", "best_in_row"] and not by.loc["norm", "best_paired"]
     assert "★ 1." in answer_pivot(ans, layout).loc[0, "norm 1"]
+
+
+def test_a_row_without_a_best_says_why():
+    """A best needs an lr where no seed diverged and every run finished; without one the
+    cell says which (it read "every lr diverged" when 1 seed of 3 had)."""
+    some = cell("value", 0.5, 4, 2.6, div=1)
+    unfinished = {**cell("norm", 1.0, 4, 2.5), "n_incomplete": 1}
+    cells_df = table([cell("none", math.nan, 4, 9.0, div=3), some, unfinished,
+                      cell("autoclip", math.nan, 4, 2.55)])
+    layout = Layout.of(None, cells_df)
+    pivot = answer_pivot(answer_table(cells_df, lr_summary(cells_df), layout), layout)
+    assert pivot.loc[0, "none"].endswith("· every run diverged")
+    assert pivot.loc[0, "value 0.5"].endswith("· a seed diverged at every lr")
+    assert pivot.loc[0, "norm 1"].endswith("· no lr where every run finished")
+    assert pivot.loc[0, "autoclip"].endswith("2.55 [2.53, 2.57] at 4")
