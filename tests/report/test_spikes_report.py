@@ -100,7 +100,7 @@ def _run(run_dir: Path, *overrides: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def spiked(tmp_path_factory):
     root = tmp_path_factory.mktemp("spikes")
     runs = root / "runs"
     for seed in (0, 1):
@@ -118,8 +118,8 @@ def report(tmp_path_factory):
     return runs, out
 
 
-def test_the_spike_table_holds_what_the_runs_say(report):
-    runs, out = report
+def test_the_spike_table_holds_what_the_runs_say(spiked):
+    runs, out = spiked
     table = pd.read_csv(out / "spikes.csv")
     assert set(table["spike"]) == {NO_SPIKE, f"grad ×1000 at step {AT}"}
     assert table["n_runs"].tolist() == [2, 2, 2, 2]
@@ -141,8 +141,8 @@ def test_the_spike_table_holds_what_the_runs_say(report):
         assert r["recovery_median"] == pytest.approx(float(np.median(never)))
 
 
-def test_the_excess_is_the_spiked_fork_minus_its_own_control(report):
-    runs, out = report
+def test_the_excess_is_the_spiked_fork_minus_its_own_control(spiked):
+    runs, out = spiked
     table = pd.read_csv(out / "spikes.csv")
 
     def final(name):
@@ -158,8 +158,8 @@ def test_the_excess_is_the_spiked_fork_minus_its_own_control(report):
             assert row["excess_mean"] == pytest.approx(float(np.mean(diffs)))
 
 
-def test_the_section_and_its_figure_are_in_the_report(report):
-    _, out = report
+def test_the_section_and_its_figure_are_in_the_report(spiked):
+    _, out = spiked
     md = (out / "report.md").read_text()
     assert "## Late spikes" in md and "### Spikes per configuration" in md
     assert f"grad ×1000 at step {AT}" in md and "(spike_recovery.png" not in md
@@ -176,11 +176,9 @@ def test_the_section_and_its_figure_are_in_the_report(report):
     assert "spike: grad ×1000 at step 42" in answer and "no spike" in answer
 
 
-def test_a_report_without_spikes_has_no_spike_section(tmp_path):
-    from seqbench.fake_runs import write_synthetic_sweep
-
-    write_synthetic_sweep(tmp_path / "runs", optimizers=("sgd",), seeds=(0,), defects=False)
-    make_report(tmp_path / "runs", tmp_path / "out")
-    assert "Late spikes" not in (tmp_path / "out" / "report.md").read_text()
-    assert not (tmp_path / "out" / "spikes.csv").exists()
-    assert "spike" not in pd.read_csv(tmp_path / "out" / "runs.csv").columns
+def test_a_report_without_spikes_has_no_spike_section(report):
+    """The session's synthetic sweep (tests/report/conftest.py) has no spikes."""
+    out = report.paths["report_md"].parent
+    assert "Late spikes" not in report.paths["report_md"].read_text()
+    assert not (out / "spikes.csv").exists() and "spikes_csv" not in report.paths
+    assert "spike" not in pd.read_csv(out / "runs.csv").columns
