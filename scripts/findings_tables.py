@@ -23,6 +23,7 @@ checked against the CSVs by tests/test_docs_numbers.py.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -414,6 +415,56 @@ def smoothness_per_configuration(r: Reports) -> str:
     return md_table(header, [False, False, True, True, False, False, True], rows)
 
 
+#: The late_spike preset's clip settings, in its order: (method, threshold).
+SPIKE_SETTINGS = [("none", None), ("value", 0.5), ("norm", 1.0), ("norm_per_tensor", 1.0),
+                  ("norm_relative", 0.5), ("norm_relative", 10.0), ("autoclip", None),
+                  ("zclip", None)]
+
+
+def _spike_kinds(c: pd.DataFrame) -> list[str]:
+    from seqbench.report.figures.spike_recovery import _kind_order
+
+    kinds = sorted({k for k in c["spike"] if k != "none"}, key=_kind_order)
+    return [*kinds, "none"]
+
+
+def _spike_cell(x: pd.Series) -> str:
+    """``5/5 in 13 · +0.02``: recovered of n, in median steps (∞ when half or more did
+    not), the mean excess at the end over the unspiked control; divergences named."""
+    n, d, rec = int(x["n_runs"]), int(x["n_diverged"]), int(x["n_recovered"])
+    if d == n:
+        return f"{d}/{n} diverged"
+    med = x["recovery_median"]
+    text = f"{rec}/{n}" + (f" in {fmt.num(med)}" if rec and math.isfinite(med) else "")
+    if d:
+        text += f", {d} div."
+    if x["n_excess"] and not fmt.is_missing(x["excess_mean"]):
+        text += f" · {x['excess_mean']:+.2f}"
+    return text
+
+
+def late_spike_recovery(r: Reports) -> str:
+    """The late_spike preset: per model and disturbance (the controls last), per clip
+    setting, forks recovered of n in median steps, divergences, and the mean excess in
+    final validation bpc over the unspiked control (reports/late_spike/spikes.csv)."""
+    c = r.csv("late_spike", "spikes")
+    rows = []
+    for model in MODELS:
+        for kind in _spike_kinds(c):
+            row = [MODELS[model], "none (control)" if kind == "none"
+                   else kind.removesuffix(" at step 600")]
+            for method, thr in SPIKE_SETTINGS:
+                g = select(c, model__cell=model, spike=kind, clip__method=method)
+                if thr is not None:
+                    g = g[g["threshold"] == thr]
+                row.append(_spike_cell(g.iloc[0]) if len(g) == 1 else fmt.MISSING)
+            rows.append(row)
+    header = ["model", "disturbance at step 600", "none", "value 0.5", "global norm 1",
+              "per-tensor norm 1", "relative norm 0.5×", "relative norm 10×", "AutoClip",
+              "ZClip"]
+    return md_table(header, [False] * len(header), rows)
+
+
 TABLES: dict[str, Callable[[Reports], str]] = {
     "study_largest_trained_lr": study_largest_trained_lr,
     "study_best_bpc": study_best_bpc,
@@ -424,6 +475,7 @@ TABLES: dict[str, Callable[[Reports], str]] = {
     "seq_length_largest_trained_lr": seq_length_largest_trained_lr,
     "seq_length_best_bpc": seq_length_best_bpc,
     "smoothness_per_configuration": smoothness_per_configuration,
+    "late_spike_recovery": late_spike_recovery,
 }
 
 

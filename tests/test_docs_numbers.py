@@ -856,8 +856,8 @@ def n_runs(study: str) -> str:
 
 # the studies of findings.md and "What we found" (the demo is the README's quickstart)
 STUDIES = ["study", "clip_zoo", "threshold_sensitivity", "repro_mlp", "seq_length", "pascanu",
-           "smoothness"]
-WORDS = {5: "five", 6: "six", 7: "seven"}
+           "smoothness", "late_spike"]
+WORDS = {5: "five", 6: "six", 7: "seven", 8: "eight"}
 
 
 def max_steps(study: str) -> int:
@@ -876,6 +876,69 @@ def studies_and_steps() -> str:
 
 def most_steps() -> str:
     return f"more than {max(max_steps(s) for s in STUDIES):,} steps"
+
+
+# --------------------------------------------------------------------------- late spikes
+
+def _spike(model: str, kind: str, method: str, thr: float | None = None) -> pd.Series:
+    g = ft.select(R.csv("late_spike", "spikes"), model__cell=model, spike=kind,
+                  clip__method=method)
+    if thr is not None:
+        g = ft.select(g, threshold=thr)
+    assert len(g) == 1
+    return g.iloc[0]
+
+
+def _signed(v: float, d: int = 2) -> str:
+    return f"{v:+.{d}f}".replace("-", "−")
+
+
+def _iv2(mean: float, lo: float, hi: float, d: int = 2) -> str:
+    def f(v):
+        return f"{v:.{d}f}".replace("-", "−")
+    return f"{_signed(mean, d)} [{f(lo)}, {f(hi)}]"
+
+
+def spike_unclipped_x100() -> str:
+    a = _spike("lstm", "grad ×100 at step 600", "none")
+    b = _spike("rnn_tanh", "grad ×100 at step 600", "none")
+    assert a["n_recovered"] == b["n_recovered"] == 0
+    return (f"{_iv2(a['excess_mean'], a['excess_lo'], a['excess_hi'])} bits/char on the LSTM "
+            f"and {_iv2(b['excess_mean'], b['excess_lo'], b['excess_hi'])} on the RNN")
+
+
+def spike_zclip_cost() -> str:
+    p = R.csv("late_spike", "paired")
+    out = []
+    for model in ("lstm", "rnn_tanh"):
+        r = ft.select(p, model__cell=model, spike="none", clip__method="zclip").iloc[0]
+        assert r["n_diff"] == 5
+        out.append(_iv2(r["mean_diff"], r["diff_lo"], r["diff_hi"], 3))
+    return f"{out[0]} bits/char on the LSTM, {out[1]} on the RNN"
+
+
+def spike_norm_rescues() -> str:
+    """Every norm-based setting, every gradient spike and corrupted batch: n of n."""
+    c = R.csv("late_spike", "spikes")
+    norm = c[~c["clip.method"].isin(["none", "value"]) & ~c["spike"].str.startswith("lr")
+             & (c["spike"] != "none")]
+    per = norm.groupby(["model.cell", "clip.method", "threshold"], dropna=False)
+    n = per["n_runs"].sum()
+    assert (per["n_diverged"].sum() == 0).all() and (per["n_recovered"].sum() == n).all()
+    assert n.nunique() == 1 and len(n) == 12
+    return f"({n.iloc[0]} of {n.iloc[0]} forks per setting and model)"
+
+
+def spike_design() -> str:
+    r = R.csv("late_spike", "runs")
+    models = r["model.cell"].nunique()
+    parents = r.groupby("model.cell")["parent.digest"].nunique()
+    assert parents.nunique() == 1
+    settings = r.groupby(["clip.method", "threshold"], dropna=False).ngroups
+    kinds = r["spike"].nunique()
+    assert models * parents.iloc[0] * settings * kinds == len(r)
+    return (f"{models} models × {parents.iloc[0]} parents × {settings} clip settings × {kinds} "
+            f"disturbances = {len(r)} forks")
 
 
 def baseline_text() -> str:
@@ -1061,7 +1124,7 @@ CLAIMS: list[tuple[str, str, object]] = [
              f"{int(ft.select(R.csv(SEQ, 'runs'), task__seq_len=2048)['task.batch_size'].max())}"
              " at 2,048)"),
     # --- README, What we found
-    ("readme", "From seven studies on 2 CPU cores, every claim with its counts, intervals and what "
+    ("readme", "From eight studies on 2 CPU cores, every claim with its counts, intervals and what "
                "it does not show in [`docs/findings.md`](docs/findings.md). Small models (up to "
                "1×128 units), 300–2,000 steps", studies_and_steps),
     ("readme", "stayed at 8 on a 1×128 LSTM and at 1 on a 1×128 tanh RNN; global norm clipping at "
@@ -1113,6 +1176,14 @@ CLAIMS: list[tuple[str, str, object]] = [
     ("readme", "only 0.25× made the runs train (3 of 3)", threshold_readme),
     ("readme", "Norm clipping rescues its exploding MLP in 10 of 10", lambda: repro_norm("readme")),
     ("readme", "ends at a test MSE of 50.8 [26.1, 75.5], not below 10", repro_value),
+    # --- late spikes
+    ("findings", "+0.43 [0.33, 0.54] bits/char on the LSTM and +0.71 [0.10, 1.33] on the RNN",
+     spike_unclipped_x100),
+    ("findings", "+0.001 [−0.003, 0.004] bits/char on the LSTM, −0.005 [−0.019, 0.009] on the "
+                 "RNN", spike_zclip_cost),
+    ("readme", "(20 of 20 forks per setting and model)", spike_norm_rescues),
+    ("findings", "2 models × 5 parents × 8 clip settings × 6 disturbances = 480 forks",
+     spike_design),
 ]
 
 
@@ -1189,7 +1260,7 @@ def test_tables_read_columns_by_name(tmp_path):
     """Re-rendered reports gain columns (and may reorder them): the tables stay the same."""
     for study, names in [*((s, ["cells", "lr_summary"]) for s in [
             "study", "clip_zoo", "threshold_sensitivity", "repro_mlp", "pascanu",
-            "seq_length"]), ("smoothness", ["smoothness"])]:
+            "seq_length"]), ("smoothness", ["smoothness"]), ("late_spike", ["spikes"])]:
         (tmp_path / study).mkdir()
         for name in names:
             df = R.csv(study, name)

@@ -127,7 +127,8 @@ def test_input_errors(tmp_path):
     ("kwargs", "skipped"),
     [
         ({"stability": 1e-4}, {"bpc_heatmap", "frontier", "cost_to_target"}),  # all diverged
-        ({"lrs": (0.1,)}, set()),  # one learning rate only
+        # one learning rate only: heatmaps of one-lr panels are left to the tables
+        ({"lrs": (0.1,)}, {"bpc_heatmap", "divergence_heatmap"}),
         ({"clips": (("none", None), ("value", 1.0))}, set()),  # no norm runs
         ({"clips": (("norm", 1.0),), "optimizers": ("adam",)}, set()),  # no unclipped baseline
         (

@@ -118,6 +118,13 @@ def _heatmap(
         raise FigureSkipped("no configuration has any run")
     if "optim.lr" not in cells_df.columns:
         raise FigureSkipped("runs have no optim.lr in their config")
+    if len(panels) > 1 and all(p["optim.lr"].nunique() == 1 for _, p in panels):
+        # a heatmap is a learning rate x threshold grid: panels of one learning rate are
+        # one column each, which the tables give as well, and many of them are
+        # unreadable (the late_spike sweep: 96 configurations at one lr per model)
+        raise FigureSkipped(f"each of its {len(panels)} panels would have one learning "
+                            "rate: the Answer and the configurations table give these "
+                            "numbers")
     omitted = max(0, len(panels) - MAX_PANELS)
     panels = panels[:MAX_PANELS]
     n_methods = len(_methods(cells_df["clip.method"])) if "clip.method" in cells_df else 1

@@ -1,9 +1,10 @@
 """The late-spike section in words and a display table: what ``report.spikes``'s tables
 say about which clip setting rescues a trained model hit by a spike, and how fast.
 
-Every sentence names its n: a fork is **rescued** when it did not diverge and recovered
-(the 10-step mean loss back within 5% of its pre-spike mean before the run ended); a
-clip setting rescues a disturbance when every one of its forks was rescued. What the
+Every sentence names its n: a fork has recovered when it did not diverge and its 10-step
+mean loss came back within 5% of its pre-spike mean before the run ended; a clip setting
+rescued a disturbance when every one of its forks recovered where, without clipping, not
+every one did. What the
 sentences do not show is said in the intro: the spike sizes and steps tried, one
 learning rate per model, forks of a few parents.
 """
@@ -20,6 +21,7 @@ from seqbench.report import _format as fmt
 from seqbench.report import spikes as sp
 from seqbench.report.figures import FigureResult
 from seqbench.report.layout import Layout
+from seqbench.report.sentences import context_name
 from seqbench.report.spike_label import NO_SPIKE, SPIKE_COLUMN
 
 HEADING = "Late spikes"
@@ -33,8 +35,9 @@ INTRO = (
     f"{sp.WINDOW}-step window after the disturbance whose mean training loss is within "
     f"{sp.TOLERANCE:.0%} of the mean of the {sp.REFERENCE_STEPS} steps before the spike "
     f"({sp.TOLERANCE:.0%} is well above the batch-to-batch noise of a {sp.WINDOW}-step "
-    "mean, which the unspiked controls show); a diverged fork does not recover. **Rescued**: "
-    "did not diverge and recovered before the run ended. Only runs that completed or "
+    "mean, which the unspiked controls show); a diverged fork does not recover. A clip "
+    "setting **rescued** a disturbance when every one of its forks recovered before the "
+    "run ended where, without clipping, not every one did. Only runs that completed or "
     "diverged count. What this does not show: other spike sizes, steps or learning "
     "rates, longer runs (a fork not recovered by its last step may recover later), or "
     "spikes that come in bursts."
@@ -93,10 +96,10 @@ def _setting(r: dict, keys) -> str:
 
 
 def _context(r: dict, keys) -> str:
-    parts = [fmt.optimizer(r["optim.name"])] if "optim.name" in r else []
-    parts += [fmt.setting(c, r[c]) for c in keys if c not in ("optim.name", SPIKE_COLUMN,
-              "threshold") and not c.startswith("clip.") and not fmt.is_missing(r.get(c))]
-    return ", ".join(parts) or fmt.MISSING
+    """``SGD on the LSTM``: the context as the Answer names it, without the spike."""
+    cols = [c for c in keys if c not in (SPIKE_COLUMN, "threshold")
+            and not c.startswith("clip.")]
+    return context_name(r, cols)
 
 
 def _steps(median: object, worst: object) -> str:
@@ -105,6 +108,12 @@ def _steps(median: object, worst: object) -> str:
     m = float(median)  # type: ignore[arg-type]
     text = "∞" if math.isinf(m) else f"{m:g}"
     return text if fmt.is_missing(worst) else f"{text} ({float(worst):g})"  # type: ignore[arg-type]
+
+
+def _n_steps(v: object) -> str:
+    """``1 step``, ``13 steps``, ``∞ steps``."""
+    text = _steps(v, None)
+    return f"{text} step" if text == "1" else f"{text} steps"
 
 
 def _excess(r: dict) -> str:
@@ -136,14 +145,14 @@ def display(table: pd.DataFrame, keys) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _rescued(r: dict) -> bool:
+def _recovered_all(r: dict) -> bool:
     return int(r["n_diverged"]) == 0 and int(r["n_recovered"]) == int(r["n_runs"])
 
 
 def spike_sentences(table: pd.DataFrame, keys) -> list[str]:
-    """Per context and disturbance: what no clipping did, which settings rescued every
-    fork (fastest first) and which did not (with their counts); then what the controls
-    read."""
+    """Per context and disturbance: what no clipping did, with which settings every fork
+    recovered (fastest first) and with which not (with their counts); then what the
+    controls read. "Rescued" is said only where no clipping did not recover every fork."""
     out: list[str] = []
     if table.empty:
         return out
@@ -161,17 +170,20 @@ def spike_sentences(table: pd.DataFrame, keys) -> list[str]:
                 head += (f": without clipping {int(r['n_diverged'])} of {int(r['n_runs'])} "
                          f"forks diverged and {int(r['n_recovered'])} recovered")
                 if int(r["n_recovered"]):
-                    head += f" (median {_steps(r['recovery_median'], None)} steps)"
-            ok = sorted((r for r in recs if _rescued(r) and r.get("clip.method") != "none"),
+                    head += f" (median {_n_steps(r['recovery_median'])})"
+            ok = sorted((r for r in recs if _recovered_all(r) and r.get("clip.method") != "none"),
                         key=lambda r: r["recovery_median"])
-            bad = [r for r in recs if not _rescued(r) and r.get("clip.method") != "none"]
+            bad = [r for r in recs if not _recovered_all(r) and r.get("clip.method") != "none"]
             parts = [head]
+            verb = "every fork recovered with" if none and _recovered_all(none[0]) \
+                else "rescued in every fork by"
             if ok:
-                parts.append("rescued in every fork by " + fmt.join(
-                    f"{_setting(r, keys)} ({_steps(r['recovery_median'], None)} steps, "
+                parts.append(f"{verb} " + fmt.join(
+                    f"{_setting(r, keys)} ({_n_steps(r['recovery_median'])}, "
                     f"n {int(r['n_runs'])})" for r in ok))
             if bad:
-                parts.append("not by " + fmt.join(
+                parts.append(("not with " if verb.startswith("every") else "not by ")
+                             + fmt.join(
                     f"{_setting(r, keys)} ({int(r['n_diverged'])}/{int(r['n_runs'])} "
                     f"diverged, {int(r['n_recovered'])}/{int(r['n_runs'])} recovered)"
                     for r in bad))
@@ -183,11 +195,11 @@ def spike_sentences(table: pd.DataFrame, keys) -> list[str]:
         worst = np.nanmax(ctl["recovery_max"].to_numpy(float)) if rec else math.nan
         out.append(
             f"The unspiked controls, read at their siblings' spike step: {rec} of {n} "
-            f"recovered by the criterion, the slowest after {_steps(worst, None)} "
-            "step(s): the criterion does not mistake the controls' noise for a spike"
+            f"recovered by the criterion, the slowest after {_n_steps(worst)}: the "
+            "criterion does not mistake the controls' noise for a spike"
             if rec == n and worst <= sp.WINDOW else
             f"The unspiked controls, read at their siblings' spike step: {rec} of {n} "
-            f"recovered by the criterion (slowest {_steps(worst, None)} steps): the "
+            f"recovered by the criterion (slowest {_n_steps(worst)}): the "
             "criterion reads some of their noise as a spike; read recovery with care")
         out[-1] += "."
     return out
