@@ -156,8 +156,12 @@ def expand(grids: Iterable[Mapping[str, Any]], cli: Mapping[str, list[str]] | No
                 axes[k] = [_linked(k, choice, cli) for choice in _values(vals)]
             elif k not in cli:
                 axes[k] = [((k, o, o),) for o in (f"{k}={format_value(v)}" for v in _values(vals))]
-        for k, overrides in cli.items():
-            axes[k] = [((k, o, o if len(overrides) > 1 else None),) for o in overrides]
+        in_grid = {k for k in grid if not k.startswith("_")} | {
+            kk for k in grid if k.startswith("_") for c in _values(grid[k])
+            if isinstance(c, Mapping) for kk in c}
+        for k, overrides in cli.items():  # named where the grid has the key, or swept
+            shown = k in in_grid or len(overrides) > 1
+            axes[k] = [((k, o, o if shown else None),) for o in overrides]
         for combo in itertools.product(*(axes[k] for k in _ordered(axes))):
             chosen = sorted((item for choice in combo for item in choice),
                             key=lambda item: _rank(item[0]))

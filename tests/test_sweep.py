@@ -43,6 +43,17 @@ def test_command_line_values_replace_or_extend_every_grid():
     assert {j.name.split(",")[-1] for j in jobs} == {"seed=0", "seed=1", "seed=2"}
 
 
+def test_a_command_line_value_for_a_grid_key_stays_in_the_name():
+    """`seed=0` replacing a grid's seeds names the job as the grid's own value would
+    (a re-run with the value on the command line finds the same directory)."""
+    cli = sw.split_cli_overrides(["seed=0", "optim.lr=0.5"])
+    jobs = sw.expand(GRIDS[:1], cli)
+    assert [j.name for j in jobs] == ["optim=sgd,optim.lr=0.5,clip=none,seed=0"]
+    linked = [{"_clip": [{"clip": "norm", "clip.max_norm": 1.0}], "seed": [0, 1]}]
+    assert [j.name for j in sw.expand(linked, sw.split_cli_overrides(["clip.max_norm=2"]))] \
+        == ["clip=norm,clip.max_norm=2,seed=0", "clip=norm,clip.max_norm=2,seed=1"]
+
+
 def test_names_are_stable_when_grids_change():
     alone = {j.name: j.overrides for j in sw.expand(GRIDS[:1])}
     together = {j.name: j.overrides for j in sw.expand(GRIDS)}
