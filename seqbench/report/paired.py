@@ -242,43 +242,30 @@ def paired_comparisons(runs: pd.DataFrame, layout: Layout | None = None) -> pd.D
     """One row per (context, lr, clip setting other than none) with at least one pair
     with a verdict: the columns naming it (the task when several, ``layout.context``,
     ``optim.lr``, ``clip.method``, ``threshold``, clip facets), then
-    :data:`PAIRED_COLUMNS`.
+    :data:`PAIRED_COLUMNS`: the rows of :func:`paired_between` that have no clipping on
+    one side, as that setting minus no clipping.
 
     ``runs``: the enriched runs table (``layout.enrich``); ``layout``: the report's
     (its cell keys say what a context is, its context and clip facets which columns
     name a row; derived from ``runs`` when not given). Empty when nothing pairs."""
-    if layout is None and not runs.empty and "clip.method" in runs.columns:
-        runs = enrich(runs) if "threshold" not in runs.columns else runs
-        layout = Layout.of(runs, cells(runs))
-    prep = prepare(runs, layout)
-    df = prep.df
-    if df.empty:
+    between = paired_between(runs, layout)
+    if between.empty:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
-    is_none = df["clip.method"].astype(object) == "none"
-    base = df[is_none]
-    if base.empty:
-        return pd.DataFrame(columns=list(PAIRED_COLUMNS))
-    rows = []
-    for (_, _), g in df[~is_none].groupby(["__ctx", "__set"], sort=False):
-        got = pair_stats(g, base)
-        if got is None:
-            continue
-        got["only_setting"], got["only_none"] = got.pop("only_a"), got.pop("only_b")
-        first = g.iloc[0]
-        row = {c: first[c] for c in [*prep.context, *prep.lr, *prep.setting]}
-        row.update(got, metric=first.get("metric", "bpc"),
-                   metric_lower_is_better=first.get("metric_lower_is_better", True))
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame(columns=list(PAIRED_COLUMNS))
-    out = pd.DataFrame(rows)
-    assert layout is not None
-    # the clip keys beyond method and threshold that vary name a row too
-    extra = [c for c in layout.facets if c.startswith("clip.") and c in out.columns]
-    keys = list(dict.fromkeys([*_shown(out, layout, prep.lr), "clip.method", "threshold",
-                               *extra]))
-    out = sort_cells(out, keys)
-    return out[keys + list(PAIRED_COLUMNS)]
+    vs = [c for c in between.columns if c.startswith(VS)]
+    mine = [c[len(VS):] for c in vs]
+    b_none = between[f"{VS}clip.method"].astype(object) == "none"
+    a_none = between["clip.method"].astype(object) == "none"
+    rows = between[b_none & ~a_none]
+    flipped = between[a_none & ~b_none].copy()  # none sorted after a setting: turn round
+    if not flipped.empty:
+        flipped[mine + vs] = flipped[vs + mine].to_numpy()
+        flipped[["mean_diff", "diff_lo", "diff_hi"]] = \
+            -flipped[["mean_diff", "diff_hi", "diff_lo"]].to_numpy(float)
+        flipped[["only_a", "only_b"]] = flipped[["only_b", "only_a"]].to_numpy()
+    out = pd.concat([rows, flipped]).drop(columns=vs)
+    out = out.rename(columns={"only_a": "only_setting", "only_b": "only_none"})
+    keys = [c for c in out.columns if c not in PAIRED_COLUMNS]
+    return sort_cells(out, keys)[keys + list(PAIRED_COLUMNS)]
 
 
 #: The statistics of :func:`paired_between`, after the key columns: as
