@@ -248,7 +248,12 @@ def paired_comparisons(runs: pd.DataFrame, layout: Layout | None = None) -> pd.D
     ``runs``: the enriched runs table (``layout.enrich``); ``layout``: the report's
     (its cell keys say what a context is, its context and clip facets which columns
     name a row; derived from ``runs`` when not given). Empty when nothing pairs."""
-    between = paired_between(runs, layout)
+    return against_none(paired_between(runs, layout))
+
+
+def against_none(between: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`paired_between` table with no clipping on one side, as that
+    setting minus no clipping, in :func:`paired_comparisons`' columns."""
     if between.empty:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
     vs = [c for c in between.columns if c.startswith(VS)]

@@ -41,7 +41,7 @@ from seqbench.report.html_page import render_html
 from seqbench.report.layout import Layout
 from seqbench.report.paired import HEADING as PAIRED_HEADING
 from seqbench.report.paired import NOTE as PAIRED_NOTE
-from seqbench.report.paired import paired_comparisons
+from seqbench.report.paired import against_none, paired_between
 from seqbench.report.sentences import (
     DAMAGED_HEADING,
     DAMAGED_NOTE,
@@ -234,7 +234,7 @@ def write_documents(
 ) -> dict[str, Path]:
     """Write runs.csv, cells.csv, lr_summary.csv, answer.csv, report.md and report.html
     into ``out_dir`` (and smoothness.csv when runs carried the smoothness probe,
-    paired.csv when runs pair with unclipped ones: ``seqbench.report.paired``).
+    paired.csv and paired_between.csv when runs pair: ``seqbench.report.paired``).
 
     A ``stable_lr.csv`` left by a report of before lr_summary.csv is removed, so a
     re-rendered directory never shows the old table beside the new one. ``layout``: the
@@ -269,13 +269,15 @@ def write_documents(
         else:
             paths[name] = path
             _atomic_write(path, _csv(table))
-    # paired.csv: only when some runs pair with an unclipped run (removed otherwise)
-    pairs = paired_comparisons(runs_df, layout)
-    if pairs.empty:
-        (out / "paired.csv").unlink(missing_ok=True)
-    else:
-        paths["paired_csv"] = out / "paired.csv"
-        _atomic_write(paths["paired_csv"], _csv(pairs))
+    # paired_between.csv: every two clip settings over their pairs; paired.csv: those
+    # against no clipping (each only when some runs pair, removed otherwise)
+    between = paired_between(runs_df, layout)
+    for name, table in (("paired_between", between), ("paired", against_none(between))):
+        if table.empty:
+            (out / f"{name}.csv").unlink(missing_ok=True)
+        else:
+            paths[f"{name}_csv"] = out / f"{name}.csv"
+            _atomic_write(paths[f"{name}_csv"], _csv(table))
     # smoothness.csv: only for runs that carried the smoothness probe, spikes.csv only
     # where some run has a spike (each removed otherwise)
     smooth = smoothness_part(collected, cells_df, figures, layout)

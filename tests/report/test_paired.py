@@ -15,6 +15,8 @@ from seqbench.report.layout import Layout, enrich
 from seqbench.report.lr_summary import lr_summary
 from seqbench.report.paired import (
     HEADING,
+    PAIRED_COLUMNS,
+    against_none,
     paired_between,
     paired_cells,
     paired_comparisons,
@@ -242,3 +244,21 @@ def test_no_pairs_no_paired_sentence():
     runs = _runs()
     runs.loc[runs["clip.method"] == "norm", "final_val_metric"] += 1.0
     assert _sentences(runs) == []
+
+
+def test_against_none_turns_round_a_row_with_none_on_the_a_side():
+    """paired.csv is paired_between.csv's rows against no clipping, always as the setting
+    minus none: a row with none as A is negated and its 2x2 sides swapped."""
+    out = _between(_three())
+    row = out[out["vs.clip.method"] == "none"].iloc[[0]]
+    turned = row.copy()
+    for c in ("clip.method", "threshold"):
+        turned[c], turned[f"vs.{c}"] = row[f"vs.{c}"].to_numpy(), row[c].to_numpy()
+    turned[["mean_diff", "diff_lo", "diff_hi"]] = -row[["mean_diff", "diff_hi",
+                                                        "diff_lo"]].to_numpy(float)
+    turned[["only_a", "only_b"]] = row[["only_b", "only_a"]].to_numpy()
+    a, b = against_none(row), against_none(turned)
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True),
+                                  check_dtype=False)
+    assert a["clip.method"].iloc[0] != "none" and list(a.columns[-len(PAIRED_COLUMNS):]) \
+        == list(PAIRED_COLUMNS)

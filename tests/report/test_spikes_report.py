@@ -168,6 +168,13 @@ def test_the_section_and_its_figure_are_in_the_report(spiked):
     assert 'id="spikes"' in html and "<strong>Recovery</strong>" in html
     # the controls are read at their siblings' spike step, and say so
     assert "The unspiked controls, read at their siblings' spike step" in md
+    # forks pair by parent: every two clip settings in paired_between.csv, and the rows
+    # against no clipping in paired.csv are the same numbers
+    between, paired = (pd.read_csv(out / f"{n}.csv") for n in ("paired_between", "paired"))
+    vs_none = between[between["vs.clip.method"] == "none"]
+    assert len(vs_none) == len(paired) == len(between) > 0  # two settings: one pair each
+    np.testing.assert_allclose(np.sort(vs_none["mean_diff"].to_numpy(float)),
+                               np.sort(paired["mean_diff"].to_numpy(float)), equal_nan=True)
     # forks of parents that differ in seed only are one configuration of two seeds
     cells = pd.read_csv(out / "cells.csv")
     assert len(cells) == 4 and set(cells["n"]) == {2}
