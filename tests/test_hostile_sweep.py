@@ -283,3 +283,14 @@ def test_a_preset_that_is_not_valid_yaml_is_one_line_and_exit_2(tmp_path, monkey
     assert rc == 2
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "preset=broken:" in err and "is not valid YAML at line 7" in err, err
+
+
+def test_linked_settings_that_are_not_mappings_are_one_line_and_exit_2(tmp_path):
+    """A grid's `_key` must hold mappings; the sweeper says so before any job exists."""
+    done = sweep_process(tmp_path, "hydra.sweeper.grids=[{_clip:none}]", "--dry-run")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and len(lines) == 2, done.stderr
+    assert lines[0].startswith("seqbench: error: hydra.sweeper.grids._clip: linked settings")
+    assert lines[1] == "seqbench: error: the grids cannot be expanded; nothing was launched"
+    assert not (tmp_path / "runs").exists()

@@ -34,6 +34,8 @@ from seqbench.errors import one_line
 from seqbench.jobconfigs import JobConfigs
 
 log = logging.getLogger("seqbench.sweep")
+#: The "job" an error of the grids themselves is listed under (no job exists yet).
+GRIDS_ERROR = "the preset's grids"
 
 
 @dataclass
@@ -135,7 +137,7 @@ class SeqbenchSweeper(Sweeper):
         try:
             jobs = sw.expand(self.grids, cli)
         except ValueError as e:  # linked settings that are not mappings
-            return [], [], [(f"preset {self.preset}", f"hydra.sweeper.grids.{e}")], [], 0
+            return [], [], [(GRIDS_ERROR, f"hydra.sweeper.grids.{e}")], [], 0
         extra = self._extra_overrides(cli)
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -208,7 +210,9 @@ class SeqbenchSweeper(Sweeper):
             for line in _group_errors(errors):  # a value's newline must not split a line
                 print(f"seqbench: error: {one_line(line)}", file=sys.stderr)
             n_jobs = len({job for job, _ in errors})
-            print(f"seqbench: error: {n_jobs} invalid job(s); nothing was launched",
+            what = ("the grids cannot be expanded" if errors[0][0] == GRIDS_ERROR
+                    else f"{n_jobs} invalid job(s)")
+            print(f"seqbench: error: {what}; nothing was launched",
                   file=sys.stderr)
             raise SystemExit(2)
         if self.k_problem:
@@ -317,6 +321,9 @@ def _group_errors(errors: list[tuple]) -> list[str]:
         by_message.setdefault(message, []).append(job)
     lines = []
     for message, jobs in by_message.items():
+        if jobs[0] == GRIDS_ERROR:  # before there are jobs
+            lines.append(message)
+            continue
         more = f" (and {len(jobs) - 1} more jobs)" if len(jobs) > 1 else ""
         lines.append(f"{message} -- in job {jobs[0]}{more}")
     return lines
